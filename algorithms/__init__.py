@@ -1,0 +1,1 @@
+"""Pure optax code: schedules and optimizers. No Flax, no Orbax, no I/O."""
