@@ -1,0 +1,20 @@
+"""Flax modules only: a GPT, an MLP and a small CNN, built by name from config fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+
+from models.cnn import CNN
+from models.gpt import GPT
+from models.mlp import MLP
+
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "mlp": MLP, "cnn": CNN}
+
+
+def make_model(name: str, **kwargs: Any) -> nn.Module:
+  """The model class registered as `name`, constructed with `kwargs` (its dataclass fields)."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+  return MODELS[name](**kwargs)

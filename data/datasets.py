@@ -1,0 +1,88 @@
+"""One interface over every dataset: step-indexed training batches and a fixed eval set.
+
+`Dataset.train_batch(step)` is a pure function of `(seed, step)`; `Dataset.eval_batches()` is
+the same list on every call and for every seed, so eval losses compare across runs. Every
+batch is a dict of NumPy arrays: `inputs`, `targets` and `weights` (1 for real examples or
+tokens, 0 for padding in the last eval batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from data import images, text
+from data.errors import UsageError
+
+IMAGE_DATASETS: dict[str, Callable[..., images.ImageDataset]] = {
+    "fashion-mnist": lambda path, split_seed: images.load_fashion_mnist(path),
+    "digits": lambda path, split_seed: images.load_digits(split_seed),
+}
+DATASET_NAMES = tuple(sorted([*text.CORPORA, *IMAGE_DATASETS]))
+_EVAL_STREAM = 0xE7A1  # rng stream of the eval windows, independent of the run's seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A dataset bound to a seed and batch shape."""
+  name: str
+  kind: str  # "lm" or "image"
+  num_classes: int  # vocabulary size for "lm"
+  input_shape: tuple[int, ...]  # one example, e.g. (seq_len,) or (28, 28, 1)
+  train_batch: Callable[[int], dict[str, np.ndarray]]
+  eval_batches: Callable[[], list[dict[str, np.ndarray]]]
+  baseline_loss: float | None = None  # unigram cross-entropy for "lm", ln(classes) for images
+  train_size: int = 0  # examples (images) or bytes (text) in the training split
+
+
+def _with_weights(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {**batch, "weights": np.ones(batch["targets"].shape, np.float32)}
+
+
+def make_dataset(name: str, *, seed: int, batch_size: int, seq_len: int = 0,
+                 eval_batches: int = 4, path: str = "", split_seed: int = 0) -> Dataset:
+  """Builds dataset `name`; raises `UsageError` for unknown names or missing files."""
+  if name in text.CORPORA:
+    corpus = text.load_corpus(name, split_seed=split_seed)
+    if seq_len <= 0:
+      raise UsageError(f"data.seq_len must be > 0 for {name!r}, got {seq_len}")
+
+    def train_batch(step: int) -> dict[str, np.ndarray]:
+      rng = np.random.default_rng([seed, step])
+      return _with_weights(text.random_windows(corpus.train_bytes, rng, batch_size, seq_len))
+
+    def lm_eval_batches() -> list[dict[str, np.ndarray]]:
+      return [
+          _with_weights(text.random_windows(
+              corpus.validation_bytes, np.random.default_rng([_EVAL_STREAM, i]), batch_size,
+              seq_len)) for i in range(eval_batches)
+      ]
+
+    return Dataset(name, "lm", text.VOCAB_SIZE, (seq_len,), train_batch, lm_eval_batches,
+                   corpus.unigram_entropy(), len(corpus.train_bytes))
+
+  if name in IMAGE_DATASETS:
+    ds = IMAGE_DATASETS[name](path, split_seed)
+
+    def image_train_batch(step: int) -> dict[str, np.ndarray]:
+      return _with_weights(images.epoch_batch(ds.train_images, ds.train_labels, seed, step,
+                                              batch_size))
+
+    def image_eval_batches() -> list[dict[str, np.ndarray]]:
+      batches = []
+      for start in range(0, len(ds.test_labels), batch_size):
+        x, y = ds.test_images[start:start + batch_size], ds.test_labels[start:start + batch_size]
+        pad = batch_size - len(y)
+        batches.append({
+            "inputs": np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
+            "targets": np.concatenate([y, np.zeros(pad, y.dtype)]),
+            "weights": np.concatenate([np.ones(len(y), np.float32), np.zeros(pad, np.float32)]),
+        })
+      return batches
+
+    return Dataset(name, "image", ds.num_classes, ds.train_images.shape[1:], image_train_batch,
+                   image_eval_batches, float(np.log(ds.num_classes)), len(ds.train_labels))
+
+  raise UsageError(f"data.name={name!r} is unknown; use one of {', '.join(DATASET_NAMES)}")

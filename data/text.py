@@ -1,0 +1,99 @@
+"""Byte-level language-modelling corpora built from what every Python installation ships.
+
+- `stdlib-code`: the standard library's `.py` sources (site-packages excluded);
+- `pydoc-english`: the English prose of `pydoc_data.topics`, one document per topic;
+- `c-headers`: the interpreter's C headers (`.h` files under the include folder).
+
+Documents are split into train and validation by document, with a permutation fixed by
+`split_seed`. The training batch of step `s` is a pure function of `(seed, s)`: windows of
+`seq_len + 1` bytes at offsets drawn from `np.random.default_rng([seed, s])`, so a resumed run
+sees exactly the batches an uninterrupted one would, with no iterator state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import sysconfig
+
+import numpy as np
+
+from data.errors import UsageError
+
+VOCAB_SIZE = 256
+_DOC_SEPARATOR = b"\n\n"
+
+
+def _stdlib_documents() -> dict[str, bytes]:
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  paths = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+  return {str(p.relative_to(root)): p.read_bytes() for p in paths}
+
+
+def _pydoc_documents() -> dict[str, bytes]:
+  from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+  return {name: text.encode("utf-8") for name, text in sorted(topics.topics.items())}
+
+
+def _header_documents() -> dict[str, bytes]:
+  root = pathlib.Path(sysconfig.get_paths()["include"])
+  paths = sorted(root.rglob("*.h"))
+  return {str(p.relative_to(root)): p.read_bytes() for p in paths}
+
+
+CORPORA = {
+    "stdlib-code": _stdlib_documents,
+    "pydoc-english": _pydoc_documents,
+    "c-headers": _header_documents,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteCorpus:
+  """A corpus as two flat byte arrays, documents joined by a blank line."""
+  name: str
+  train_bytes: np.ndarray
+  validation_bytes: np.ndarray
+
+  def unigram_entropy(self) -> float:
+    """Cross-entropy (nats/byte) of validation bytes under train byte frequencies (+1 smoothed)."""
+    counts = np.bincount(self.train_bytes, minlength=VOCAB_SIZE).astype(np.float64) + 1.0
+    log_probs = np.log(counts / counts.sum())
+    return float(-log_probs[self.validation_bytes].mean())
+
+
+@functools.lru_cache(maxsize=None)
+def load_corpus(name: str, validation_fraction: float = 0.05, split_seed: int = 0) -> ByteCorpus:
+  """Loads corpus `name` and splits it by document."""
+  if name not in CORPORA:
+    raise UsageError(f"data.name={name!r} is not a text corpus; use one of {sorted(CORPORA)}")
+  documents = CORPORA[name]()
+  if len(documents) < 2:
+    raise UsageError(f"corpus {name!r} has {len(documents)} documents on this machine; "
+                     "it needs at least 2 to split")
+  names = sorted(documents)
+  order = np.random.default_rng(split_seed).permutation(len(names))
+  num_validation = max(1, round(validation_fraction * len(names)))
+  validation_names = {names[i] for i in order[:num_validation]}
+
+  def join(selected: list[str]) -> np.ndarray:
+    blob = _DOC_SEPARATOR.join(documents[n] for n in selected)
+    return np.frombuffer(blob, dtype=np.uint8)
+
+  return ByteCorpus(
+      name=name,
+      train_bytes=join([n for n in names if n not in validation_names]),
+      validation_bytes=join([n for n in names if n in validation_names]),
+  )
+
+
+def random_windows(data: np.ndarray, rng: np.random.Generator, batch_size: int,
+                   seq_len: int) -> dict[str, np.ndarray]:
+  """`batch_size` random windows: inputs and next-byte targets, both int32 [B, L]."""
+  if len(data) <= seq_len + 1:
+    raise UsageError(f"data.seq_len={seq_len} is longer than the split ({len(data)} bytes); "
+                     "lower data.seq_len")
+  starts = rng.integers(0, len(data) - seq_len - 1, size=batch_size)
+  windows_BxL1 = data[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)
+  return {"inputs": windows_BxL1[:, :-1], "targets": windows_BxL1[:, 1:]}

@@ -1,0 +1,52 @@
+"""Shared config blocks and the `get_config(arg)` argument parser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from data.errors import UsageError  # re-exported for config files
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `"size=tiny,opt=sgd"` over `defaults`; an unknown key is a usage error."""
+  parsed = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise UsageError(f"config argument {item!r} is not one of "
+                       f"{', '.join(f'{k}=...' for k in defaults)}; fix the ':' part of --config")
+    parsed[key] = type(defaults[key])(value) if defaults[key] is not None else value
+  return ml_collections.ConfigDict(parsed)
+
+
+OPTIMIZER_DEFAULTS = {
+    "adamw": dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1),
+    "sgd": dict(momentum=0.9, nesterov=False, weight_decay=0.0),
+    "lion": dict(b1=0.9, b2=0.99, weight_decay=0.1),
+}
+
+
+def optimizer_config(name: str, learning_rate: float,
+                     grad_clip_norm: float = 1.0) -> ml_collections.ConfigDict:
+  if name not in OPTIMIZER_DEFAULTS:
+    raise UsageError(f"opt={name!r} has no config defaults; use one of "
+                     f"{', '.join(OPTIMIZER_DEFAULTS)} or set --config.optimizer.* by hand")
+  return ml_collections.ConfigDict(dict(name=name, learning_rate=learning_rate,
+                                        grad_clip_norm=grad_clip_norm,
+                                        **OPTIMIZER_DEFAULTS[name]))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Keys every experiment family shares; families fill data, model, optimizer and schedule."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_steps = 100
+  config.batch_size = 16
+  config.max_nonfinite_steps = 10
+  config.eval = ml_collections.ConfigDict(dict(every_steps=0, num_batches=4))
+  config.log = ml_collections.ConfigDict(dict(every_steps=10))
+  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=0))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return config

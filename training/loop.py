@@ -1,0 +1,184 @@
+"""The training loop: build, (re)start, step, evaluate, log, summarize.
+
+Metrics of step `t` are fetched after step `t + 1` is dispatched, so the host never waits on
+the device inside the loop except at eval and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import Dataset, make_dataset
+from data.errors import UsageError
+from models import make_model
+from training import config as config_lib
+from training import metrics as metrics_lib
+from training import sharding
+from training.optimizer import build_optimizer
+from training.state import TrainState
+from training.step import make_eval_step, make_train_step
+
+
+class DivergedError(RuntimeError):
+  """Too many non-finite steps in a row."""
+
+
+def build_dataset(config: Any) -> Dataset:
+  return make_dataset(config.data.name, seed=config.seed, batch_size=config.batch_size,
+                      seq_len=config.data.get("seq_len", 0), eval_batches=config.eval.num_batches,
+                      path=config.data.get("path", ""), split_seed=config.data.get("split_seed", 0))
+
+
+def build_model(config: Any, dataset: Dataset) -> nn.Module:
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  if dataset.kind == "lm":
+    kwargs["vocab_size"] = dataset.num_classes
+  else:
+    kwargs["num_classes"] = dataset.num_classes
+  return make_model(config.model.name, **kwargs)
+
+
+class Trainer:
+  """Everything compiled for one config: model, optimizer, mesh, jitted steps."""
+
+  def __init__(self, config: Any):
+    self.config = config
+    self.dataset = build_dataset(config)
+    self.model = build_model(config, self.dataset)
+    self.tx = build_optimizer(config)
+    self.mesh = sharding.make_mesh(config.mesh)
+    input_dtype = jnp.int32 if self.dataset.kind == "lm" else jnp.float32
+    self._example = jnp.zeros((1, *self.dataset.input_shape), input_dtype)
+
+    init_rng, self._train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    boxed = jax.eval_shape(self.model.init, init_rng, self._example)
+    abstract = jax.eval_shape(self._init_state, init_rng)
+    params_sh = sharding.param_shardings(
+        sharding.logical_specs(boxed)["params"], abstract.params, self.mesh)
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self.state_sharding = TrainState(
+        step=replicated, params=params_sh,
+        opt_state=sharding.opt_state_shardings(self.tx, abstract.opt_state, params_sh, self.mesh),
+        rng=replicated)
+    self.abstract_state = jax.tree.map(
+        lambda leaf, sh: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sh),
+        abstract, self.state_sharding)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self._init_rng = init_rng
+    self.train_step = jax.jit(make_train_step(self.model.apply, self.tx),
+                              in_shardings=(self.state_sharding, self.batch_sharding),
+                              out_shardings=(self.state_sharding, replicated),
+                              donate_argnums=0)
+    self.eval_step = jax.jit(make_eval_step(self.model.apply),
+                             in_shardings=(params_sh, self.batch_sharding))
+
+  def _init_state(self, init_rng: jax.Array) -> TrainState:
+    params = nn.meta.unbox(self.model.init(init_rng, self._example))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), rng=self._train_rng)
+
+  def init_state(self) -> TrainState:
+    """A fresh state, created directly in its sharded layout."""
+    return jax.jit(self._init_state, out_shardings=self.state_sharding)(self._init_rng)
+
+  def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return jax.device_put(batch, self.batch_sharding)
+
+  def evaluate(self, params: Any) -> dict[str, float]:
+    sums = [self.eval_step(params, self.device_batch(b)) for b in self.dataset.eval_batches()]
+    loss_sum, correct, weight = (float(sum(x)) for x in zip(*jax.device_get(sums)))
+    result = {"eval_loss": loss_sum / weight}
+    if self.dataset.kind == "image":
+      result["eval_accuracy"] = correct / weight
+    return result
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
+  """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
+  config_lib.validate(config)
+  workdir = pathlib.Path(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", config.to_dict())
+
+  start_time = time.time()
+  trainer = Trainer(config)
+  state = trainer.init_state()
+  start_step = int(state.step)
+  dataset, total = trainer.dataset, config.total_steps
+  tokens_per_step = config.batch_size * int(np.prod(dataset.input_shape)) if dataset.kind == "lm" \
+      else config.batch_size
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  bar = metrics_lib.Progress(total, start_step, tokens_per_step, enabled=is_main and progress)
+
+  last_metrics: dict[str, float] = {}
+  eval_metrics: dict[str, float] = {}
+  eval_step_done = -1
+  pending = None
+  last_log_time, last_log_step = time.time(), start_step
+
+  def finish_step(step: int, device_metrics: Any) -> None:
+    nonlocal last_metrics, last_log_time, last_log_step
+    last_metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if last_metrics["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
+      raise DivergedError(
+          f"{int(last_metrics['nonfinite_in_a_row'])} non-finite steps in a row at step {step}; "
+          "lower optimizer.learning_rate or enable optimizer.grad_clip_norm")
+    done = step + 1
+    log_now = done % config.log.every_steps == 0 or done == total
+    bar.update(1, last_metrics if log_now else None)
+    if log_now:
+      now = time.time()
+      step_time = (now - last_log_time) / max(done - last_log_step, 1)
+      last_log_time, last_log_step = now, done
+      record = {k: v for k, v in last_metrics.items() if k != "nonfinite_in_a_row"}
+      evaluated_now = eval_metrics if eval_step_done == done else {}
+      writer.write(done, {**record, "step_time": step_time, **evaluated_now})
+
+  try:
+    for step in range(start_step, total):
+      batch = trainer.device_batch(dataset.train_batch(step))
+      state, device_metrics = trainer.train_step(state, batch)
+      if pending is not None:
+        finish_step(*pending)
+      pending = (step, device_metrics)
+      done = step + 1
+      if config.eval.every_steps and done % config.eval.every_steps == 0 or done == total:
+        eval_metrics, eval_step_done = trainer.evaluate(state.params), done
+      if done % config.log.every_steps == 0 or done == total:
+        finish_step(*pending)
+        pending = None
+  finally:
+    bar.close()
+    writer.close()
+
+  summary = {
+      "steps": int(state.step),
+      "final_train_loss": last_metrics.get("train_loss"),
+      "final_eval_loss": eval_metrics.get("eval_loss"),
+      "baseline_loss": dataset.baseline_loss,
+      "skipped_steps": int(jax.device_get(state.opt_state.total_notfinite)),
+      "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+      "wall_time_s": time.time() - start_time,
+      "params_sha256": metrics_lib.params_sha256(state.params),
+  }
+  if "eval_accuracy" in eval_metrics:
+    summary["final_eval_accuracy"] = eval_metrics["eval_accuracy"]
+  if is_main:
+    _write_json(workdir / "summary.json", summary)
+  return summary
