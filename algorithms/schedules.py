@@ -106,7 +106,7 @@ def _cosine_shape(x: jax.Array) -> jax.Array:
 
 
 # Decay shapes f(x), x in [0, 1] the fraction of the decay done, f(0) = 1, f(1) = 0.
-# Hägele et al. (arXiv 2405.18392) §3 and their `wsd_schedule`.
+# Hägele et al. (arXiv 2405.18392) and their `wsd_schedule` (epfml/schedules-and-scaling).
 DECAY_SHAPES: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: 1.0 - x,
     "cosine": _cosine_shape,
@@ -116,10 +116,11 @@ DECAY_SHAPES: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _decay_shape(decay_shape: str, allowed: tuple[str, ...]) -> Callable[[jax.Array], jax.Array]:
-  if decay_shape not in allowed:
-    raise ValueError(f"decay_shape must be one of {', '.join(allowed)}; got {decay_shape!r}")
-  return DECAY_SHAPES[decay_shape]
+def _pick(arg: str, name: str, options: dict[str, Callable]) -> Callable:
+  """`options[name]`, or a ValueError naming `arg` and the valid names."""
+  if name not in options:
+    raise ValueError(f"{arg} must be one of {', '.join(options)}; got {name!r}")
+  return options[name]
 
 
 @register_schedule("wsd")
@@ -127,14 +128,14 @@ def wsd_schedule(peak_value: float, total_steps: int, warmup_steps: int = 0,
                  decay_steps: int | None = None, decay_fraction: float = 0.1,
                  decay_shape: str = "1-sqrt", init_value: float = 0.0, end_value: float = 0.0,
                  half_life: float | None = None) -> optax.Schedule:
-  """Warmup-stable-decay (MiniCPM, arXiv 2404.06395 §4; Hägele et al., arXiv 2405.18392 §3).
+  """Warmup-stable-decay (MiniCPM, arXiv 2404.06395; Hägele et al., arXiv 2405.18392).
 
   Linear warmup from `init_value` over `warmup_steps`, `peak_value` until `S = T - D`, then
   `end_value + (peak_value - end_value) * f(x)` with `x = (t - S) / D` over the last
   `D = decay_steps` updates (`D = round(decay_fraction * total_steps)` when `decay_steps` is
   None). Shapes `f`: `linear` 1 - x, `cosine` (1 + cos(pi x)) / 2, `1-sqrt` 1 - sqrt(x) (Hägele's
   best), `square` 1 - x^2, `mirror-cosine` 2(1 - x) - (1 + cos(pi x)) / 2, and `exponential`
-  0.5 ** ((t - S) / half_life) (MiniCPM §4.2; `half_life` defaults to D / 5), which does not
+  0.5 ** ((t - S) / half_life) (MiniCPM's form; `half_life` defaults to D / 5), which does not
   reach `end_value`: its value at `total_steps` is held. Hägele's code warms up from
   `peak / 100`; pass `init_value` for that.
   """
@@ -148,19 +149,17 @@ def wsd_schedule(peak_value: float, total_steps: int, warmup_steps: int = 0,
   if warmup_steps + decay_steps > total_steps:
     raise ValueError(f"warmup_steps + decay_steps ({warmup_steps} + {decay_steps}) > total_steps "
                      f"({total_steps})")
-  if decay_shape == "exponential":
-    half_life = decay_steps / 5 if half_life is None else half_life
-    _check_positive(half_life=half_life)
-    shape = lambda count: 0.5 ** (jnp.maximum(jnp.asarray(count), 0) / half_life)
-  else:
-    if half_life is not None:
-      raise ValueError(f"half_life is only used by decay_shape='exponential', not {decay_shape!r}")
-    f = _decay_shape(decay_shape, tuple(DECAY_SHAPES))
-    shape = lambda count: f(_progress(count, decay_steps))
+  if decay_shape != "exponential" and half_life is not None:
+    raise ValueError(f"half_life is only used by decay_shape='exponential', not {decay_shape!r}")
+  half_life = decay_steps / 5 if half_life is None else half_life
+  _check_positive(half_life=half_life)
+  f = _pick("decay_shape", decay_shape,
+            {**DECAY_SHAPES, "exponential": lambda x: 0.5 ** (x * decay_steps / half_life)})
   return _phases(total_steps, [
       (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
       (total_steps - warmup_steps - decay_steps, optax.constant_schedule(peak_value)),
-      (decay_steps, lambda count: end_value + (peak_value - end_value) * shape(count)),
+      (decay_steps, lambda count: end_value + (peak_value - end_value)
+       * f(_progress(count, decay_steps))),
   ])
 
 
@@ -172,7 +171,7 @@ def _power_exponential(x: jax.Array) -> jax.Array:
 def power_schedule(max_value: float, a: float, b: float, batch_size: int, tokens_per_step: int,
                    total_steps: int, warmup_steps: int, decay_steps: int,
                    decay_shape: str = "exponential") -> optax.Schedule:
-  """Power scheduler (Shen et al., arXiv 2408.13359, §4, Eq. 8-9).
+  """Power scheduler (Shen et al., arXiv 2408.13359).
 
   `eta(n) = min(max_value, batch_size * a * n**b)` with `n = t * tokens_per_step` tokens seen.
   Warmup `(t / W) * eta(W * tokens_per_step)`, then `eta(n)`, then over the last
@@ -186,10 +185,7 @@ def power_schedule(max_value: float, a: float, b: float, batch_size: int, tokens
   if warmup_steps + decay_steps > total_steps:
     raise ValueError(f"warmup_steps + decay_steps ({warmup_steps} + {decay_steps}) > total_steps "
                      f"({total_steps})")
-  if decay_shape == "exponential":
-    f = _power_exponential
-  else:
-    f = _decay_shape(decay_shape, tuple(DECAY_SHAPES))
+  f = _pick("decay_shape", decay_shape, {"exponential": _power_exponential, **DECAY_SHAPES})
 
   def eta(steps):  # n = 0 gives max_value when b < 0 (0 ** b = inf).
     tokens = jnp.maximum(jnp.asarray(steps, dtype=float), 0.0) * tokens_per_step
@@ -225,7 +221,7 @@ def infinite_lr_schedule(peak_value: float, constant_value: float, end_value: fl
                          total_steps: int, warmup_steps: int, cooldown_steps: int,
                          anneal_steps: int, cooldown_shape: str = "cosine",
                          timescale: float = 10.0) -> optax.Schedule:
-  """Infinite learning-rate schedule (Ibrahim et al., arXiv 2403.08763 §6; Singh et al.,
+  """Infinite learning-rate schedule (Ibrahim et al., arXiv 2403.08763; Singh et al.,
   arXiv 2503.02844), as in `bentherien/gpt-neox` (inf_lr) and `Pauljanson002/MAE-1`.
 
   Phases (W = warmup_steps, C = cooldown_steps, A = anneal_steps, T = total_steps):
@@ -251,9 +247,7 @@ def infinite_lr_schedule(peak_value: float, constant_value: float, end_value: fl
       "inv-sqrt": _inv_sqrt_cooldown(timescale),
       "linear": lambda x: x,
   }
-  if cooldown_shape not in shapes:
-    raise ValueError(f"cooldown_shape must be one of {', '.join(shapes)}; got {cooldown_shape!r}")
-  g = shapes[cooldown_shape]  # 0 -> 1 over the cooldown
+  g = _pick("cooldown_shape", cooldown_shape, shapes)  # 0 -> 1 over the cooldown
   ratio = end_value / constant_value if anneal_steps > 0 else 1.0
   return _phases(total_steps, [
       (warmup_steps, _linear(0.0, peak_value, warmup_steps)),
