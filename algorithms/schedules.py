@@ -284,14 +284,20 @@ def repeated_cosine_schedule(peak_value: float, end_value: float, steps_per_cycl
     raise ValueError(f"warmup_steps ({warmup_steps}) must be < steps_per_cycle ({steps_per_cycle})")
   if rewarm_from not in ("zero", "end"):
     raise ValueError(f"rewarm_from must be 'zero' or 'end', got {rewarm_from!r}")
+  total_steps = steps_per_cycle * num_cycles
   decay_steps = steps_per_cycle - warmup_steps
-  decay = lambda count: end_value + (peak_value - end_value) * _cosine_shape(
-      _progress(count, decay_steps))
-  phases = []
-  for cycle in range(num_cycles):
-    start = end_value if rewarm_from == "end" and cycle > 0 else 0.0
-    phases += [(warmup_steps, _linear(start, peak_value, warmup_steps)), (decay_steps, decay)]
-  return _phases(steps_per_cycle * num_cycles, phases)
+
+  def schedule(step):
+    cycle, local = jnp.divmod(jnp.minimum(step, total_steps), steps_per_cycle)
+    start = end_value if rewarm_from == "end" else 0.0
+    start = jnp.where(cycle > 0, start, 0.0)
+    warmup = start + (peak_value - start) * local / max(warmup_steps, 1)
+    decay = end_value + (peak_value - end_value) * _cosine_shape(
+        _progress(local - warmup_steps, decay_steps))
+    value = jnp.where(local < warmup_steps, warmup, decay)
+    return jnp.where(cycle >= num_cycles, end_value, value)
+
+  return schedule
 
 
 @register_schedule("repeated_cosine")
