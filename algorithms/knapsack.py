@@ -164,17 +164,44 @@ def _validate(success_rates, total_budget, min_rollouts, max_rollouts, default_r
   return p, is_valid, int(total_budget)
 
 
+_DENSE_UNITS = 1 << 18
+
+
+def _marginal_gain(p: np.ndarray, q: np.ndarray, m: np.ndarray) -> np.ndarray:
+  """V(m + 1, p) - V(m, p) = p^2 q^3 (p^(m-1) + q^(m-1)); non-increasing in m in floats too."""
+  e = np.asarray(m - 1, dtype=np.float64)
+  return ((p * p) * (q * q * q)) * (p**e + q**e)
+
+
 def _waterfill(p: np.ndarray, lo: int, hi: int, budget: int) -> np.ndarray:
   """Extra rollouts (above `lo`) that take the `budget` largest marginal gains.
 
   Unit m (going from m to m + 1 rollouts, lo <= m < hi) of prompt i has gain g_i(m). The
-  threshold is found by bisection on log(lambda) with a closed-form count (no powers), then
-  bracketed by exact counts; only the units between the two brackets are sorted. Requires
-  budget < len(p) * (hi - lo).
+  budget-th largest gain is the water level lambda: every unit above it is taken, and units
+  equal to it go to the lower prompt index (then the lower m) first. Small problems select
+  lambda among all units directly; large ones find it by bisection on log(lambda) with a
+  closed-form count (no powers), bracket it by exact counts, and sort only the units between
+  the brackets. Requires budget < len(p) * (hi - lo).
   """
   width = hi - lo
   if budget <= 0:
     return np.zeros(p.size, dtype=np.int64)
+  if p.size * width <= _DENSE_UNITS:
+    return _waterfill_dense(p, lo, hi, budget)
+  return _waterfill_banded(p, lo, hi, budget)
+
+
+def _waterfill_dense(p: np.ndarray, lo: int, hi: int, budget: int) -> np.ndarray:
+  gains = _marginal_gain(p[:, None], 1.0 - p[:, None], np.arange(lo, hi)[None, :]).ravel()
+  level = np.partition(gains, gains.size - budget)[gains.size - budget]
+  above = gains > level
+  ties = np.flatnonzero(gains == level)[:budget - int(above.sum())]  # row-major: index, m
+  above[ties] = True
+  return above.reshape(p.size, hi - lo).sum(axis=1)
+
+
+def _waterfill_banded(p: np.ndarray, lo: int, hi: int, budget: int) -> np.ndarray:
+  width = hi - lo
   q = 1.0 - p
   coef = (p * p) * (q * q * q)
   with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -182,8 +209,7 @@ def _waterfill(p: np.ndarray, lo: int, hi: int, budget: int) -> np.ndarray:
     log_a = np.log(np.maximum(p, q))
 
   def gain(i, m):
-    e = (m - 1).astype(np.float64)
-    return coef[i] * (p[i]**e + q[i]**e)
+    return _marginal_gain(p[i], q[i], m)
 
   def estimate(log_lam):
     # max(p, q)^(m-1) >= lambda / coef guarantees gain >= lambda; the exact count is at most

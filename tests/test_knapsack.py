@@ -204,3 +204,16 @@ def test_effective_gradient_ratio_hand_cases():
   assert knapsack.effective_gradient_ratio([[1, 1], [0, 0, 0]]) == (0.0, 0.0)
   with pytest.raises(ValueError, match="rewards_by_prompt"):
     knapsack.effective_gradient_ratio([])
+
+
+def test_dense_and_banded_water_filling_agree():
+  """Both threshold searches apply the same tie rule, so they return the same counts."""
+  rng = np.random.default_rng(3)
+  for _ in range(20):
+    m = int(rng.integers(1, 300))
+    lo = int(rng.integers(1, 4))
+    hi = lo + int(rng.integers(1, 130))
+    p = np.where(rng.random(m) < 0.5, rng.integers(1, 16, m) / 16, rng.uniform(0.01, 0.99, m))
+    budget = int(rng.integers(1, m * (hi - lo)))
+    np.testing.assert_array_equal(knapsack._waterfill_dense(p, lo, hi, budget),
+                                  knapsack._waterfill_banded(p, lo, hi, budget))
