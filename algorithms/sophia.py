@@ -94,8 +94,8 @@ def scale_by_sophia(
       denominator = rho * batch_size * h + eps
     else:
       denominator = jnp.maximum(gamma * h, eps)
-    ratio = jnp.minimum(jnp.abs(m) / denominator, clip_threshold)
-    return (jnp.sign(m) * ratio).astype(g.dtype)
+    # The official `sign(m) * min(|m| / denominator, 1)`, bit for bit since denominator > 0.
+    return jnp.clip(m / denominator, -clip_threshold, clip_threshold).astype(g.dtype)
 
   def update_fn(updates, state, params=None):
     del params

@@ -112,7 +112,8 @@ def test_hutchinson_is_exact_on_diagonal_quadratic_and_unbiased_on_dense():
   a_diag = rng.uniform(-1, 3, size=6)
   loss_diag = lambda p: 0.5 * jnp.sum(jnp.asarray(a_diag, jnp.float32) * p["x"] ** 2)
   params = {"x": jnp.asarray(rng.normal(size=6), jnp.float32)}
-  got = sophia_lib.hutchinson_hessian_diag(loss_diag, params, jax.random.key(3))["x"]
+  got = jax.jit(lambda k: sophia_lib.hutchinson_hessian_diag(loss_diag, params, k))(
+      jax.random.key(3))["x"]
   np.testing.assert_allclose(np.asarray(got), a_diag, rtol=1e-6)
 
   b = rng.normal(size=(6, 6))
@@ -158,11 +159,12 @@ def test_update_hessian_inside_wrapped_state_and_metrics():
                      weight_decay_mask={"w": True, "b": False})
   state = tx.init(params)
   g1 = {"w": jnp.full((2, 3), 2.0), "b": jnp.array([1.0, -3.0])}
-  state = sophia_lib.update_hessian(state, g1)  # b2 read from the inject_hyperparams state
-  updates, state = tx.update({"w": jnp.full((2, 3), 0.1), "b": jnp.array([0.2, 0.01])},
+  refresh = jax.jit(sophia_lib.update_hessian)
+  state = refresh(state, g1)  # b2 read from the inject_hyperparams state
+  updates, state = jax.jit(tx.update)({"w": jnp.full((2, 3), 0.1), "b": jnp.array([0.2, 0.01])},
                              state, params)
   g2 = {"w": jnp.ones((2, 3)), "b": jnp.array([0.0, 1.0])}
-  state = sophia_lib.update_hessian(state, g2)
+  state = refresh(state, g2)
   sophia_state = state.inner_state[1].inner_state[0]
   for name in params:
     expected = 0.9 * (0.1 * np.asarray(g1[name]) ** 2) + 0.1 * np.asarray(g2[name]) ** 2
@@ -235,10 +237,11 @@ def test_inject_hyperparams_equivalence():
   params = {"w": jnp.linspace(-1.0, 1.0, 8)}
   p1 = p2 = params
   s1, s2 = plain.init(params), injected.init(params)
+  update1, update2 = jax.jit(plain.update), jax.jit(injected.update)
   for t in range(5):
     g = {"w": jnp.cos(p1["w"] * (t + 1))}
-    u1, s1 = plain.update(g, s1, p1)
-    u2, s2 = injected.update(g, s2, p2)
+    u1, s1 = update1(g, s1, p1)
+    u2, s2 = update2(g, s2, p2)
     # inject_hyperparams stores hyperparameters as float32 arrays: rounding-level differences.
     np.testing.assert_allclose(u1["w"], u2["w"], rtol=1e-5, atol=1e-9)
     p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
