@@ -30,7 +30,7 @@ def _load(name: str) -> dict:
 
 def _probe_steps(boundaries, total):
   """Every boundary, the step before and after, a coarse grid, and steps past the end."""
-  steps = set(range(0, total + 1, max(1, total // 25)))
+  steps = set(range(0, total + 1, max(1, total // 10)))
   for b in list(boundaries) + [total]:
     steps.update({b - 1, b, b + 1})
   steps.update({total + 7, 3 * total})
@@ -42,6 +42,11 @@ def _values64(make_schedule, steps):
   with jax.enable_x64(True):
     schedule = make_schedule()
     return np.array([float(schedule(s)) for s in steps])
+
+
+def _curve(schedule):
+  """The schedule over an array of steps, compiled once."""
+  return jax.jit(jax.vmap(schedule))
 
 
 def _assert_close(actual, expected, scale):
@@ -210,7 +215,7 @@ def test_power_registered_peak_is_max_value():
   built = schedules.build_schedule("power", 0.01, 1000, **kwargs)
   direct = schedules.power_schedule(0.01, total_steps=1000, **kwargs)
   steps = jnp.arange(0, 1100, 7)
-  np.testing.assert_array_equal(jax.vmap(built)(steps), jax.vmap(direct)(steps))
+  np.testing.assert_array_equal(_curve(built)(steps), _curve(direct)(steps))
   assert float(built(150)) == pytest.approx(0.01, rel=1e-6)  # clipped at max_value
 
 
@@ -332,7 +337,7 @@ def test_repeated_cosine_builder_derives_cycle_length():
                                    end_value=0.1, rewarm_from="end")
   direct = schedules.repeated_cosine_schedule(1.0, 0.1, 300, 30, 3, "end")
   steps = jnp.arange(0, 1000, 3)
-  np.testing.assert_array_equal(jax.vmap(built)(steps), jax.vmap(direct)(steps))
+  np.testing.assert_array_equal(_curve(built)(steps), _curve(direct)(steps))
   with pytest.raises(ValueError, match="multiple of num_cycles"):
     schedules.build_schedule("repeated_cosine", 1.0, 1000, num_cycles=3)
 
@@ -352,12 +357,12 @@ def test_uba_matches_numpy(phi, total, warmup, init, end):
 
 def test_uba_phi_2_is_optax_cosine_at_every_step():
   steps = jnp.arange(0, 1200)
-  uba = jax.vmap(schedules.uba_schedule(0.3, 1000, phi=2.0))(steps)
-  cosine = jax.vmap(optax.cosine_decay_schedule(0.3, 1000))(steps)
+  uba = _curve(schedules.uba_schedule(0.3, 1000, phi=2.0))(steps)
+  cosine = _curve(optax.cosine_decay_schedule(0.3, 1000))(steps)
   np.testing.assert_allclose(uba, cosine, rtol=1e-6, atol=1e-7 * 0.3)
-  uba = jax.vmap(schedules.uba_schedule(0.3, 1000, 2.0, warmup_steps=100, init_value=0.01,
+  uba = _curve(schedules.uba_schedule(0.3, 1000, 2.0, warmup_steps=100, init_value=0.01,
                                         end_value=0.03))(steps)
-  cosine = jax.vmap(optax.warmup_cosine_decay_schedule(0.01, 0.3, 100, 1000, end_value=0.03))(
+  cosine = _curve(optax.warmup_cosine_decay_schedule(0.01, 0.3, 100, 1000, end_value=0.03))(
       steps)
   np.testing.assert_allclose(uba, cosine, rtol=1e-6, atol=1e-7 * 0.3)
 
@@ -367,7 +372,7 @@ def test_uba_monotone_and_ordered_around_cosine(warmup):
   total, end = 500, 0.01
   with jax.enable_x64(True):
     steps = jnp.arange(warmup, total + 1)
-    values = {phi: np.asarray(jax.vmap(schedules.uba_schedule(
+    values = {phi: np.asarray(_curve(schedules.uba_schedule(
         1.0, total, phi, warmup_steps=warmup, end_value=end))(steps)) for phi in
               (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)}
   for phi, v in values.items():
@@ -474,3 +479,13 @@ def test_inject_hyperparams_accepts_schedules():
     _, state = opt.update(jnp.ones(3), state, params)
     lrs.append(float(state.hyperparams["learning_rate"]))  # The rate this update used.
   np.testing.assert_allclose(lrs, [0.1] * 6 + [0.08, 0.06], rtol=1e-6)
+
+
+def test_gallery_draws_every_registered_schedule(tmp_path):
+  from launch import plot_schedules  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path / "schedules.png"
+  skipped = plot_schedules.plot_all(out, total_steps=100)
+  assert skipped == []
+  assert set(plot_schedules.EXAMPLES) >= set(schedules.SCHEDULES)
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
