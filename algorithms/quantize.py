@@ -12,6 +12,16 @@ itself, so `q.dequantize()` needs nothing else. Formats (`QUANTIZERS` names them
                      high nibble, last axis padded to even length): 0.5 byte/element.
   uniform_grid(step) values `step * k`, codes int32 `k`, no scale (exact tests only).
 
+`pow2_scales=True` rounds each scale up to a power of two (as MX formats do). Dequantized
+values `code * 2^k` are then exact in float32, so `theta_hat + (q - theta_hat) == q` in float32
+whenever the scale changes by less than 2^6 in one step: params held as dequantized floats land
+exactly on the quantized grid. With float32 `absmax / qmax` scales (the default, as in the
+paper) that float addition misses the grid for ~1% of elements whose value changes by more
+than 2x in a step (measured for fp8); ECO feeds the error back w.r.t. the value actually
+reached, so its identities still hold, and params held as `QuantizedArray` are unaffected. For
+fp8 a power-of-two scale costs no precision on normal values (only the subnormal range moves by
+at most one binade); for int8/int4 it can waste up to one bit.
+
 `axis=None` means one scale for the whole tensor; `axis=a` means one scale per slice along
 `a` (absmax reduced over `a`: `axis=-1` gives one scale per row of a matrix). Arrays with
 fewer dimensions than `axis` needs (scalars) fall back to one scale.
@@ -27,6 +37,7 @@ Values are clipped to the format's range first (fp8 e4m3fn has no infinity; 448 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -126,6 +137,7 @@ class Quantizer:
   fmt: str
   axis: int | None = -1
   step: float = 0.0
+  pow2_scales: bool = False
 
   @property
   def bits(self) -> int:
@@ -154,12 +166,19 @@ class Quantizer:
     axis = self._axis(x.ndim)
     absmax = jnp.max(jnp.abs(x), axis=axis, keepdims=True) if axis is not None else (
         jnp.max(jnp.abs(x)).reshape((1,) * x.ndim))
-    return jnp.where(absmax > 0, absmax / self.qmax, 1.0).astype(jnp.float32)
+    scales = jnp.where(absmax > 0, absmax / self.qmax, 1.0).astype(jnp.float32)
+    if self.pow2_scales:
+      mantissa, exponent = jnp.frexp(scales)  # scales = mantissa 2^exponent, mantissa in [.5, 1)
+      scales = jnp.ldexp(jnp.ones_like(scales), jnp.where(mantissa > 0.5, exponent,
+                                                          exponent - 1))
+    return scales
 
   def quantize(self, x: jax.Array, rounding: str = "nearest",
                key: jax.Array | None = None) -> QuantizedArray:
     _check_rounding(rounding, key)
-    x = jnp.asarray(x, jnp.float32)
+    return _quantize_jit(self, jnp.asarray(x, jnp.float32), rounding, key)
+
+  def _quantize(self, x: jax.Array, rounding: str, key: jax.Array | None) -> QuantizedArray:
     if self.fmt == "uniform_grid":
       codes = _round_int(x / self.step, rounding, key).astype(jnp.int32)
       return QuantizedArray(codes, None, self, x.shape)
@@ -174,6 +193,9 @@ class Quantizer:
     return QuantizedArray(codes, scales, self, x.shape)
 
   def dequantize(self, q: QuantizedArray) -> jax.Array:
+    return _dequantize_jit(q)
+
+  def _dequantize(self, q: QuantizedArray) -> jax.Array:
     if self.fmt == "uniform_grid":
       return q.codes.astype(jnp.float32) * jnp.float32(self.step)
     codes = unpack_int4(q.codes, q.shape) if self.fmt == "int4" else q.codes
@@ -187,6 +209,17 @@ class Quantizer:
     `optax.inject_hyperparams`.)
     """
     return self.dequantize(self.quantize(x, rounding, key))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _quantize_jit(quantizer: Quantizer, x: jax.Array, rounding: str,
+                  key: jax.Array | None) -> QuantizedArray:
+  return quantizer._quantize(x, rounding, key)  # pylint: disable=protected-access
+
+
+@jax.jit
+def _dequantize_jit(q: QuantizedArray) -> jax.Array:
+  return q.quantizer._dequantize(q)  # pylint: disable=protected-access
 
 
 def _round_fp8(y: jax.Array, rounding: str, key: jax.Array | None) -> jax.Array:
@@ -228,19 +261,19 @@ def unpack_int4(packed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return signed[..., :(shape[-1] if shape else 1)].reshape(shape)
 
 
-def fp8_e4m3(axis: int | None = -1) -> Quantizer:
+def fp8_e4m3(axis: int | None = -1, pow2_scales: bool = False) -> Quantizer:
   """FP8 E4M3 codes with absmax scales per slice along `axis` (None: per tensor)."""
-  return Quantizer("fp8_e4m3", axis)
+  return Quantizer("fp8_e4m3", axis, pow2_scales=pow2_scales)
 
 
-def int8(axis: int | None = -1) -> Quantizer:
+def int8(axis: int | None = -1, pow2_scales: bool = False) -> Quantizer:
   """Symmetric INT8 codes in [-127, 127] with absmax scales along `axis`."""
-  return Quantizer("int8", axis)
+  return Quantizer("int8", axis, pow2_scales=pow2_scales)
 
 
-def int4(axis: int | None = -1) -> Quantizer:
+def int4(axis: int | None = -1, pow2_scales: bool = False) -> Quantizer:
   """Symmetric INT4 codes in [-7, 7], packed two per byte, absmax scales along `axis`."""
-  return Quantizer("int4", axis)
+  return Quantizer("int4", axis, pow2_scales=pow2_scales)
 
 
 def uniform_grid(step: float) -> Quantizer:
