@@ -202,92 +202,131 @@ def _waterfill_dense(p: np.ndarray, lo: int, hi: int, budget: int) -> np.ndarray
 
 def _waterfill_banded(p: np.ndarray, lo: int, hi: int, budget: int) -> np.ndarray:
   width = hi - lo
-  q = 1.0 - p
-  coef = (p * p) * (q * q * q)
+  # Prompts with equal p have equal gains: work on distinct values weighted by multiplicity.
+  values, inverse, weight = np.unique(p, return_inverse=True, return_counts=True)
+  q = 1.0 - values
   with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-    log_coef = np.log(coef)
-    log_a = np.log(np.maximum(p, q))
+    log_coef = np.log((values * values) * (q * q * q))
+    log_a = np.log(np.maximum(values, q))
 
   def gain(i, m):
-    return _marginal_gain(p[i], q[i], m)
+    return _marginal_gain(values[i], q[i], m)
+
+  # Gains that underflow (p or q below ~1e-100) or with max(p, q) rounding to 1 get estimate
+  # 0; the exact count repairs them.
+  regular = np.isfinite(log_coef) & (log_a < 0.0)
+  log_coef_r = np.where(regular, log_coef, 0.0)
+  inv_log_a = np.where(regular, 1.0 / np.where(regular, log_a, -1.0), 0.0)
+  weight_r = np.where(regular, weight, 0.0)
+
+  def total(count, w):  # einsum: no BLAS threads, which contend on a loaded machine
+    return np.einsum("i,i->", count, w)
 
   def estimate(log_lam):
     # max(p, q)^(m-1) >= lambda / coef guarantees gain >= lambda; the exact count is at most
     # one above this (log1p(r^e) <= -log(a) for e >= 1), up to float rounding.
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-      e = np.floor((log_lam - log_coef) / log_a)
-    e = np.nan_to_num(e, nan=0.0, posinf=width + 2.0, neginf=-1.0)
-    return np.clip(e + 2.0 - lo, 0, width).astype(np.int64)
+    e = np.floor((log_lam - log_coef_r) * inv_log_a) + (2.0 - lo)
+    return np.minimum(np.maximum(e, 0.0), float(width))
 
-  def exact_count(lam, log_lam):
-    """Per prompt: the number of units with gain >= lam (a prefix, gains decrease)."""
-    est = estimate(log_lam)
-    low = np.maximum(est - 1, 0)
-    high = np.minimum(est + 2, width)
-    idx = np.flatnonzero(low > 0)
-    bad = idx[gain(idx, lo + low[idx] - 1) < lam]
-    low[bad] = 0
-    idx = np.flatnonzero(high < width)
-    bad = idx[gain(idx, lo + high[idx]) >= lam]
-    high[bad] = width
-    active = np.flatnonzero(low < high)
-    while active.size:
+  def exact_count(log_lam):
+    """Per value: the number of units with gain >= lambda (a prefix, gains decrease)."""
+    lam = math.exp(log_lam)
+    if lam == 0.0:
+      return np.full(values.size, width, dtype=np.int64)
+    count = np.where(regular, estimate(log_lam), 0.0).astype(np.int64)
+    # The estimate is a lower bound up to rounding and at most one below the count. Check the
+    # unit below and above it; only prompts moved by a check need a further look.
+    dec = np.flatnonzero(count > 0)
+    dec = dec[gain(dec, lo + count[dec] - 1) < lam]
+    count[dec] -= 1
+    inc = np.flatnonzero(count < width)
+    inc = inc[gain(inc, lo + count[inc]) >= lam]
+    count[inc] += 1
+    suspect = np.union1d(dec[count[dec] > 0], inc[count[inc] < width])
+    below_ok = gain(suspect, lo + np.maximum(count[suspect] - 1, 0)) >= lam
+    above_ok = gain(suspect, lo + np.minimum(count[suspect], width - 1)) < lam
+    below_ok |= count[suspect] == 0
+    above_ok |= count[suspect] == width
+    active = suspect[~(below_ok & above_ok)]
+    low = np.zeros(values.size, dtype=np.int64)
+    high = np.full(values.size, width, dtype=np.int64)
+    while active.size:  # rare: rounding or p near 0 or 1
       mid = (low[active] + high[active] + 1) // 2
       ok = gain(active, lo + mid - 1) >= lam
       low[active] = np.where(ok, mid, low[active])
       high[active] = np.where(ok, high[active], mid - 1)
+      count[active] = low[active]
       active = active[low[active] < high[active]]
-    return low
+    return count
 
-  all_idx = np.arange(p.size)
-  top = float(gain(all_idx, np.full(p.size, lo)).max())
-  if top <= 0.0:  # every gain underflowed to 0: all units tie, lowest index first.
-    counts = np.zeros(p.size, dtype=np.int64)
-    full, rest = divmod(budget, width)
-    counts[:full] = width
-    if rest:
-      counts[full] = rest
-    return counts
-  # Stage 1: bisection on log(lambda) with the closed-form count (cheap, approximate).
-  left, right = math.log(top) - 800.0, math.log(top) + 1e-9
-  for _ in range(60):
-    mid = 0.5 * (left + right)
-    if estimate(mid).sum() >= budget:
-      left = mid
-    else:
-      right = mid
-  # Stage 2: exact counts with count(lam_lo) >= budget >= count(lam_hi), narrowed until few
-  # units lie between the brackets (or only ties remain).
-  log_lo, step = left - 1e-9, 1e-9
-  while True:
-    c_lo = exact_count(math.exp(log_lo), log_lo)
-    if c_lo.sum() >= budget or math.exp(log_lo) == 0.0:
-      break
-    step *= 16.0
+  top = float(gain(np.arange(values.size), np.full(values.size, lo)).max())
+  if top <= 0.0:  # every gain underflowed to 0: all units tie.
+    c_lo, c_hi = np.full(values.size, width), np.zeros(values.size, dtype=np.int64)
+  else:
+    # Stage 1: bisection on log(lambda) with the closed-form count (cheap, approximate).
+    bottom = float(gain(np.arange(values.size), np.full(values.size, hi - 1)).min())
+    left = math.log(bottom) if bottom > 0.0 else math.log(top) - 800.0
+    right = math.log(top) + 1e-9
+    for _ in range(64):
+      if right - left < 1e-13:
+        break
+      mid = 0.5 * (left + right)
+      if total(estimate(mid), weight_r) >= budget:
+        left = mid
+      else:
+        right = mid
+    # Stage 2: exact counts with count(lam_lo) >= budget >= count(lam_hi), narrowed until
+    # few units lie between the brackets (or only ties remain).
+    step = 1e-9
     log_lo = left - step
-  if math.exp(log_lo) == 0.0:
-    c_lo = np.full(p.size, width)
-  log_hi, c_hi = math.log(top) + 1e-9, np.zeros(p.size, dtype=np.int64)
-  c_right = exact_count(math.exp(right), right)
-  if c_right.sum() <= budget:
-    log_hi, c_hi = right, c_right
-  for _ in range(64):
-    if (c_lo - c_hi).sum() <= 4096 or log_hi - log_lo < 1e-13:
-      break
-    mid = 0.5 * (log_lo + log_hi)
-    c_mid = exact_count(math.exp(mid), mid)
-    if c_mid.sum() >= budget:
-      log_lo, c_lo = mid, c_mid
-    else:
-      log_hi, c_hi = mid, c_mid
-  # Units between the brackets, ranked by (gain desc, prompt index, rollout count).
+    c_lo = exact_count(log_lo)
+    while total(c_lo, weight) < budget:
+      step *= 16.0
+      log_lo = left - step
+      c_lo = exact_count(log_lo)
+    step, ceiling = 1e-6, math.log(top) + 1e-9  # count(ceiling) = 0
+    log_hi = min(right + step, ceiling)
+    c_hi = exact_count(log_hi)
+    while total(c_hi, weight) > budget:
+      step *= 16.0
+      log_hi = min(right + step, ceiling)
+      c_hi = exact_count(log_hi)
+    for _ in range(64):
+      if total((c_lo - c_hi), weight) <= 1 << 17 or log_hi - log_lo < 1e-13:
+        break
+      mid = 0.5 * (log_lo + log_hi)
+      c_mid = exact_count(mid)
+      if total(c_mid, weight) >= budget:
+        log_lo, c_lo = mid, c_mid
+      else:
+        log_hi, c_hi = mid, c_mid
+  # Units (value, m) between the brackets, by gain; each stands for `weight` prompt units.
   n_cand = c_lo - c_hi
-  owner = np.repeat(all_idx, n_cand)
+  owner = np.repeat(np.arange(values.size), n_cand)
   first = np.repeat(np.cumsum(n_cand) - n_cand, n_cand)
   m = lo + np.repeat(c_hi, n_cand) + (np.arange(owner.size) - first)
-  order = np.lexsort((m, owner, -gain(owner, m)))
-  take = order[:budget - int(c_hi.sum())]
-  return c_hi + np.bincount(owner[take], minlength=p.size)
+  g = gain(owner, m)
+  order = np.argsort(-g, kind="stable")
+  owner, m, g = owner[order], m[order], g[order]
+  ends = np.cumsum(weight[owner])
+  rest = budget - int(total(c_hi, weight))
+  level_start = np.searchsorted(-g, -g, side="left")  # first candidate of each gain level
+  before = np.where(level_start > 0, ends[level_start - 1], 0)
+  full = ends[np.searchsorted(-g, -g, side="right") - 1] <= rest  # whole gain level fits
+  extra = c_hi + np.bincount(owner[full], minlength=values.size)
+  counts = extra[inverse]
+  # The gain level that only partly fits goes by prompt index (then m): each prompt in turn
+  # takes its units of that level, a run of consecutive m.
+  partial = np.flatnonzero(~full)
+  if partial.size:
+    group = partial[g[partial] == g[partial[0]]]
+    need = rest - int(before[group[0]])
+    level_units = np.bincount(owner[group], minlength=values.size)[inverse]
+    idx = np.flatnonzero(level_units)
+    units = level_units[idx]
+    taken_before = np.cumsum(units) - units
+    counts[idx] += np.clip(need - taken_before, 0, units)
+  return counts
 
 
 def _dp_exact(p: np.ndarray, lo: int, hi: int, budget: int) -> np.ndarray:
