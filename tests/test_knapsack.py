@@ -77,6 +77,9 @@ def test_value_is_concave_and_increasing_in_n():
   closed_form = p**2 * q**3 * (p ** (n - 1.0) + q ** (n - 1.0))
   assert np.all(closed_form > 0)
   assert np.all(np.diff(closed_form, axis=1) <= 0)
+  used = knapsack._marginal_gain(p, q, n)  # the expression the water-filling ranks
+  assert np.all(np.diff(used, axis=1) <= 0)
+  np.testing.assert_allclose(used, closed_form, rtol=1e-14)
   diffs = _value(n + 1, p) - _value(n, p)
   np.testing.assert_allclose(diffs, closed_form, rtol=1e-6, atol=1e-16)
 
