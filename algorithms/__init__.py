@@ -1,1 +1,6 @@
-"""Pure optax code: schedules and optimizers. No Flax, no Orbax, no I/O."""
+"""Pure optax code: schedules and optimizers. No Flax, no Orbax, no I/O.
+
+Importing the package registers every schedule and optimizer by name for configs.
+"""
+
+from algorithms import knapsack, optimizers, schedules

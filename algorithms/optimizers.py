@@ -32,10 +32,10 @@ register_optimizer("lion")(optax.lion)
 
 
 @register_optimizer("sgd")
-def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.0, nesterov: bool = False,
+def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False,
         weight_decay: float = 0.0) -> optax.GradientTransformation:
   """SGD with optional heavy-ball or Nesterov momentum and decoupled weight decay."""
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )

@@ -36,14 +36,20 @@ def usage_error(message: str) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    if "config" in flags.FLAGS:
+      flags.FLAGS.config.to_dict()  # config files load lazily; surface their errors here
+    return remaining
   except (flags.Error, UsageError) as e:
     # absl wraps the config file's own exceptions; show the innermost message only.
     message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     usage_error(f"{message} (see --help)")
   except Exception as e:  # a config file that fails to load or rejects its argument
     cause = e.__cause__ or e
-    usage_error(f"bad --config: {type(cause).__name__}: {cause}")
+    if isinstance(cause, UsageError):
+      usage_error(str(cause))
+    detail = " ".join(str(cause).split())
+    usage_error(f"cannot load --config: {detail}; check the path and its ':arg' part")
   return []
 
 

@@ -1,0 +1,25 @@
+"""Shared test fixtures: run entry points as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+  """`python -m module args...` from the repo root; returns the completed process."""
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(name="run_module")
+def run_module_fixture():
+  return run_module
