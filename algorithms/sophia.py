@@ -81,7 +81,7 @@ def scale_by_sophia(
   _check("gamma", gamma, lambda v: v > 0, "> 0")
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)  # a dtype is always truthy
 
   def init_fn(params):
     return SophiaState(
@@ -130,7 +130,9 @@ def sophia(
   `theta * (1 - lr * wd) - lr * direction`. `b2` and `update_interval` do not enter `update`:
   `b2` is read by `update_hessian` (from the `inject_hyperparams` state, or pass it there) and
   the trainer reads `update_interval`. Wrap in `optax.inject_hyperparams` to schedule any
-  numeric hyperparameter; `learning_rate` and `weight_decay` accept schedules directly.
+  numeric hyperparameter; `learning_rate` and `weight_decay` accept schedules directly. Under
+  `inject_hyperparams`, give `mu_dtype` as a string ("float32"): a dtype class is callable and
+  would be taken for a schedule.
   """
   _check("b2", b2, lambda v: 0 <= v < 1, "in [0, 1)")
   _check("weight_decay", weight_decay, lambda v: v >= 0, ">= 0")
@@ -228,7 +230,7 @@ def win_rate(opt_state: Any, rho: float | None = None, batch_size: int | None = 
       scale = _hyperparam("rho", rho, hp) * _hyperparam("batch_size", batch_size, hp)
       bound = lambda h: c * scale * h
     else:
-      g, e = _hyperparam("gamma", gamma, hp), hp.get("eps", 1e-15)
+      g, e = _hyperparam("gamma", gamma, hp), hp.get("eps", 1e-15)  # eps: sophia's default
       bound = lambda h: c * jnp.maximum(g * h, e)
     wins = _skip_masked(lambda m, h: jnp.sum(jnp.abs(m) < bound(h)), state.mu, state.hessian)
     for leaf in jax.tree.leaves(wins):

@@ -34,13 +34,14 @@ def _tree(values: dict, dtype) -> dict:
 def test_matches_official_sophiag(run_name):
   """Both Hessian-refresh orders, weight decay on a subset, some coordinates clipped."""
   run, hp = OFFICIAL["runs"][run_name], OFFICIAL["hyperparameters"]
-  assert 0 < min(run["clipped_coordinates_per_step"]) and max(run["clipped_coordinates_per_step"]) <= 30
+  assert any(0 < c < 30 for c in run["clipped_coordinates_per_step"])  # of 30 coordinates
   is64 = run_name.endswith("float64")
   dtype = jnp.float64 if is64 else jnp.float32
   with jax.enable_x64(True):
     tx = sophia_lib.sophia(
         hp["lr"], b1=hp["b1"], b2=hp["b2"], rho=hp["rho"], weight_decay=hp["weight_decay"],
-        batch_size=hp["bs"], weight_decay_mask={n: n in OFFICIAL["decayed"] for n in OFFICIAL["init"]})
+        batch_size=hp["bs"],
+        weight_decay_mask={n: n in OFFICIAL["decayed"] for n in OFFICIAL["init"]})
     params = _tree(OFFICIAL["init"], dtype)
     state = tx.init(params)
 
@@ -227,6 +228,10 @@ def test_no_recompile_and_bf16_dtypes_kept():
   assert float(sophia_lib.hessian_norm(state)) > 0
   updates, _ = tx.update(params, state, params)
   assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+  fp32_mu = sophia_lib.sophia(0.01, mu_dtype=jnp.float32)
+  updates, state = fp32_mu.update(params, fp32_mu.init(params), params)
+  assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(state[0].mu))
+  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
 
 
 def test_inject_hyperparams_equivalence():
@@ -253,8 +258,10 @@ def test_inject_hyperparams_equivalence():
 def test_registered_and_bad_arguments():
   assert OPTIMIZERS["sophia"] is sophia_lib.sophia
   for kwargs, name in [({"b1": 1.0}, "b1"), ({"b2": -0.1}, "b2"), ({"rho": -1.0}, "rho"),
-                       ({"batch_size": 0}, "batch_size"), ({"update_interval": 0}, "update_interval"),
-                       ({"estimator": "fisher"}, "estimator"), ({"clip_threshold": 0.0}, "clip_threshold"),
+                       ({"batch_size": 0}, "batch_size"),
+                       ({"update_interval": 0}, "update_interval"),
+                       ({"estimator": "fisher"}, "estimator"),
+                       ({"clip_threshold": 0.0}, "clip_threshold"),
                        ({"weight_decay": -0.1}, "weight_decay")]:
     with pytest.raises(ValueError, match=name):
       sophia_lib.sophia(0.1, **kwargs)
