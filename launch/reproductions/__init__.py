@@ -1,0 +1,82 @@
+"""Shared machinery of reproductions: train a config, aggregate seeds, write the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import pathlib
+import pkgutil
+import platform
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def available() -> list[str]:
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def mean_std(values: Sequence[float]) -> str:
+  """`mean ± std` (sample std, ddof=1; `± n/a` for one seed)."""
+  values = np.asarray(values, dtype=np.float64)
+  if len(values) < 2:
+    return f"{values.mean():.4f} ± n/a"
+  return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Context:
+  """What a reproduction gets: where to write, how big to run, and a trainer."""
+  name: str
+  out_dir: pathlib.Path
+  quick: bool
+  seeds: int | None
+  command: str
+
+  @property
+  def report_path(self) -> pathlib.Path:
+    return self.out_dir / f"{self.name}.md"
+
+  @property
+  def runs_dir(self) -> pathlib.Path:
+    return pathlib.Path("runs") / f"reproduce-{self.name}{'-quick' if self.quick else ''}"
+
+  def num_seeds(self, default: int) -> int:
+    return 1 if self.quick and self.seeds is None else (self.seeds or default)
+
+  def train(self, config: Any, run_name: str) -> dict[str, Any]:
+    """Trains `config` in `runs/reproduce-NAME/run_name`; returns summary plus metric history.
+
+    A finished run (its summary.json exists) is not trained again, so an interrupted
+    reproduction continues where it stopped.
+    """
+    from training import loop  # pylint: disable=import-outside-toplevel
+    workdir = self.runs_dir / run_name
+    summary_path = workdir / "summary.json"
+    if summary_path.exists():
+      summary = json.loads(summary_path.read_text())
+    else:
+      summary = loop.train(config, workdir, progress=False)
+    history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {**summary, "history": history, "workdir": str(workdir)}
+
+  def plot_path(self, suffix: str) -> pathlib.Path:
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    return self.out_dir / f"{self.name}_{suffix}.png"
+
+  def write_report(self, title: str, body: str) -> None:
+    """Writes the report with its command, date and machine above `body`."""
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    header = (f"# {title}\n\n"
+              f"Command: `{self.command}`  \n"
+              f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
+              f"{platform.processor() or 'CPU'}, Python {platform.python_version()}"
+              f"{' (QUICK smoke run: numbers are not results)' if self.quick else ''}\n\n")
+    self.report_path.write_text(header + body.strip() + "\n")
