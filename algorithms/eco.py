@@ -27,6 +27,13 @@ Params may be held two ways; the optimizer quantizes every leaf it updates eithe
     `eco.apply_updates`, which equals `optax.apply_updates` on float leaves. Gradients are
     taken w.r.t. `quantize.dequantize_tree(params)`.
 
+Trainer recipe (memory saving for real): `params = quantize_tree(params, quantizer)` (matrices
+only by default); `optax.partition({"eco": eco_adamw(...), "float": optax.adamw(...)}, labels)`
+keeps vectors (norms, biases) in float32; the forward pass uses `dequantize_tree(params)`;
+`params = eco.apply_updates(params, updates)`. The state is `count`, `key`, `mu` (`nu`) in
+float32: FP8 ECO-AdamW stores 1 + 4/cols + 8 bytes per matrix parameter, against
+4 + 1 + 4/cols + 8 with float32 master weights and an FP8 copy.
+
 `mode="naive"` quantizes after each step with no injection (the baseline ECO beats);
 `exact=True` instead keeps a float32 error buffer (exact error feedback: the quantized
 iterate of master-weight training, for comparison only; it costs the memory ECO saves).

@@ -312,3 +312,32 @@ def test_bad_arguments_raise():
     eco.eco_sgdm(0.1, momentum=1.0)
   with pytest.raises(ValueError, match="b1"):
     eco.eco_adamw(0.1, b1=0.0)
+
+
+def test_quantized_params_jit_once_and_keep_their_layout():
+  params = qz.quantize_tree({"w": jax.random.normal(jax.random.PRNGKey(0), (16, 8)),
+                             "b": jnp.zeros(8)}, qz.int4())
+  tx = eco.eco_adamw(1e-2, quantizer=qz.int4())
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  grads = {"w": jnp.ones((16, 8)), "b": jnp.ones(8)}
+  for _ in range(3):
+    updates, state = update(grads, state, params)
+    params = eco.apply_updates(params, updates)
+  assert update._cache_size() == 1  # pylint: disable=protected-access
+  assert isinstance(params["w"], qz.QuantizedArray) and params["w"].codes.dtype == jnp.uint8
+  assert params["w"].codes.shape == (16, 4) and params["b"].dtype == jnp.float32
+
+
+def test_partition_keeps_vectors_in_float32_beside_quantized_matrices():
+  """The trainer recipe: ECO on `QuantizedArray` matrices, plain AdamW on the rest."""
+  params = qz.quantize_tree({"w": jax.random.normal(jax.random.PRNGKey(0), (16, 8)),
+                             "b": jnp.full(8, 0.1234567)}, qz.fp8_e4m3())
+  tx = optax.partition({"eco": eco.eco_adamw(1e-2), "float": optax.adamw(1e-2, weight_decay=0.5)},
+                       {"w": "eco", "b": "float"})
+  updates, _ = jax.jit(tx.update)({"w": jnp.ones((16, 8)), "b": jnp.ones(8)},
+                                  tx.init(params), params)
+  new = eco.apply_updates(params, updates)
+  assert isinstance(new["w"], qz.QuantizedArray)
+  np.testing.assert_allclose(np.asarray(new["b"]), 0.1234567 - 1e-2 * (1 + 0.5 * 0.1234567),
+                             rtol=1e-5)  # AdamW's first step: lr * (sign(g) + wd * p)
