@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from data.errors import UsageError
+
 
 def available() -> list[str]:
   return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
@@ -54,13 +56,17 @@ class Context:
   def train(self, config: Any, run_name: str) -> dict[str, Any]:
     """Trains `config` in `runs/reproduce-NAME/run_name`; returns summary plus metric history.
 
-    A finished run (its summary.json exists) is not trained again, so an interrupted
-    reproduction continues where it stopped.
+    A finished run of the same config (its summary.json exists) is not trained again, so an
+    interrupted reproduction continues where it stopped.
     """
     from training import loop  # pylint: disable=import-outside-toplevel
     workdir = self.runs_dir / run_name
     summary_path = workdir / "summary.json"
     if summary_path.exists():
+      stored = json.loads((workdir / "config.json").read_text())
+      if stored != json.loads(json.dumps(config.to_dict())):
+        raise UsageError(f"{workdir} holds a finished run of a different config; move it away "
+                         "or delete it to rerun")
       summary = json.loads(summary_path.read_text())
     else:
       summary = loop.train(config, workdir, progress=False)
