@@ -18,10 +18,11 @@ injection is skipped when `lr_t = 0` (alpha divides by lr).
 
 Params may be held two ways; the optimizer quantizes every leaf it updates either way:
   * as float arrays (dequantized values): `updates` are float deltas and
-    `optax.apply_updates` lands on `params + updates`. The optimizer computes that sum itself
-    and feeds back the error w.r.t. it, so the ECO identities hold for the values the params
-    really take even where float32 rounding keeps `theta_hat + (q - theta_hat)` off `q`
-    (possible only when `q` and `theta_hat` differ by more than 2x);
+    `optax.apply_updates` lands on `params + updates`, which is `q(theta_tilde)` exactly with
+    `pow2_scales=True` quantizers. With float32 scales the sum can miss `q` by an ulp of
+    the larger of old and new value (only when they differ by more than 2x; ~1% of
+    elements per step for fp8): the optimizer measures `e` against the value the params
+    really take, and such a miss is below the float32 momentum's resolution anyway;
   * as `QuantizedArray` leaves (codes + scales: the real memory saving): the update of such
     a leaf is the NEW `QuantizedArray` (a difference of quantized arrays is not one), so use
     `eco.apply_updates`, which equals `optax.apply_updates` on float leaves. Gradients are
