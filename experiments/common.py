@@ -47,6 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_nonfinite_steps = 10
   config.eval = ml_collections.ConfigDict(dict(every_steps=0, num_batches=4))
   config.log = ml_collections.ConfigDict(dict(every_steps=10))
-  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=0))
+  # Saved at multiples of every_steps and keep_every and at the end (0: only at the end);
+  # the last `keep` survive, plus every multiple of keep_every (0: none). At most one of
+  # resume_from / branch_from (+ branch_step) / init_from names another run folder.
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=500, keep=2, keep_every=0, resume_from="", init_from="", branch_from="",
+      branch_step=-1))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return config

@@ -50,14 +50,29 @@ def _check_kwargs(section: str, name: str, builder: Callable[..., Any], keys: se
            f"{name!r} (it takes {', '.join(sorted(accepted))}); remove it from the config")
 
 
+def _validate_checkpoint(c: Any) -> None:
+  _require(isinstance(c.get("keep", 1), int) and c.get("keep", 1) >= 1,
+           f"checkpoint.keep={c.get('keep')!r} must be an integer >= 1; set --config.checkpoint.keep")
+  sources = [k for k in ("resume_from", "branch_from", "init_from") if c.get(k, "")]
+  if len(sources) > 1:
+    raise UsageError(f"checkpoint.{sources[0]} and checkpoint.{sources[1]} are both set; "
+                     "keep only one")
+  branch_step = c.get("branch_step", -1)
+  if c.get("branch_from", ""):
+    _require(isinstance(branch_step, int) and branch_step >= 0,
+             f"checkpoint.branch_step={branch_step!r} must name a saved step >= 0 when "
+             "checkpoint.branch_from is set; set --config.checkpoint.branch_step")
+
+
 def validate(config: Any, num_devices: int | None = None) -> None:
   """Raises `UsageError` on the first problem found in `config`."""
   for key in ("seed",):
     _int_at_least(config, key, 0)
   for key in ("total_steps", "batch_size", "log.every_steps", "max_nonfinite_steps"):
     _int_at_least(config, key, 1)
-  for key in ("eval.every_steps", "checkpoint.every_steps"):
+  for key in ("eval.every_steps", "checkpoint.every_steps", "checkpoint.keep_every"):
     _int_at_least(config, key, 0)
+  _validate_checkpoint(config.checkpoint)
   _int_at_least(config, "eval.num_batches", 1)
 
   _require(config.data.name in DATASET_NAMES,

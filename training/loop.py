@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 from data import Dataset, make_dataset
 from data.errors import UsageError
 from models import make_model
+from training import checkpoint as checkpoint_lib
 from training import config as config_lib
 from training import metrics as metrics_lib
 from training import sharding
@@ -90,7 +92,8 @@ class Trainer:
     return jax.jit(self._init_state, out_shardings=self.state_sharding)(self._init_rng)
 
   def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return jax.device_put(batch, self.batch_sharding)
+    """The global batch as sharded arrays; each process feeds only its own rows."""
+    return {k: sharding.global_batch_array(v, self.batch_sharding) for k, v in batch.items()}
 
   def evaluate(self, params: Any) -> dict[str, float]:
     sums = [self.eval_step(params, self.device_batch(b)) for b in self.dataset.eval_batches()]
@@ -118,16 +121,23 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) ->
 
   start_time = time.time()
   trainer = Trainer(config)
-  state = trainer.init_state()
+  checkpoints = checkpoint_lib.open_for(config, workdir)
+  state, origin = checkpoint_lib.restore_or_init(trainer, config, checkpoints)
   start_step = int(state.step)
+  resumed = checkpoint_lib.drop_records_after(workdir / "metrics.jsonl", start_step) \
+      if is_main else None
+  if is_main and progress:
+    print(f"{origin}; training to step {config.total_steps}", file=sys.stderr, flush=True)
+  checkpoint_meta = checkpoint_lib.run_metadata(config)
+  watch = checkpoint_lib.PreemptionWatch().__enter__()
   dataset, total = trainer.dataset, config.total_steps
   tokens_per_step = config.batch_size * int(np.prod(dataset.input_shape)) if dataset.kind == "lm" \
       else config.batch_size
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   bar = metrics_lib.Progress(total, start_step, tokens_per_step, enabled=is_main and progress)
 
-  last_metrics: dict[str, float] = {}
-  eval_metrics: dict[str, float] = {}
+  last_metrics: dict[str, float] = dict(resumed or {})
+  eval_metrics: dict[str, float] = trainer.evaluate(state.params) if start_step >= total else {}
   eval_step_done = -1
   pending = None
   last_log_time, last_log_step = time.time(), start_step
@@ -163,7 +173,17 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) ->
       if done % config.log.every_steps == 0 or done == total:
         finish_step(*pending)
         pending = None
+      if checkpoints.should_save(done) or done == total:
+        checkpoints.save(done, state, checkpoint_meta)
+      if watch.requested(done) and done < total:
+        if pending is not None:
+          finish_step(*pending)
+        checkpoints.save(done, state, checkpoint_meta)
+        raise checkpoint_lib.Preempted(done, watch.signum)
   finally:
+    watch.__exit__()
+    checkpoints.wait()
+    checkpoints.close()
     bar.close()
     writer.close()
 

@@ -79,3 +79,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def logical_specs(boxed_variables: Any) -> Any:
   """Logical PartitionSpecs of a linen variable tree made with `with_logical_partitioning`."""
   return nn.get_partition_spec(boxed_variables)
+
+
+def global_batch_array(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """The global `batch` as one array sharded by `sharding`, each process feeding its rows.
+
+  Every process computes the same global batch (it is a pure function of seed and step) and
+  hands `jax.make_array_from_process_local_data` only the rows its own devices hold.
+  """
+  index_map = sharding.addressable_devices_indices_map(batch.shape)
+  rows = [index[0].indices(batch.shape[0])[:2] for index in index_map.values()]
+  start, stop = min(r[0] for r in rows), max(r[1] for r in rows)
+  return jax.make_array_from_process_local_data(sharding, np.asarray(batch[start:stop]),
+                                                batch.shape)

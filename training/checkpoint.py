@@ -1,0 +1,338 @@
+"""Orbax checkpoints of the train state: sharded async saves, fallback and reshard on restore.
+
+One `orbax.checkpoint.CheckpointManager` per run folder (`workdir/checkpoints`). A checkpoint
+has two items: `state`, the whole `TrainState` written shard by shard by every process (no
+gather to one host), and `meta`, JSON with the resolved config, `format_version`, the git
+commit and library versions. Restores read into an abstract state whose leaves carry the
+*current* shardings, so a checkpoint written on one mesh loads onto any other.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a run killed
+mid-save leaves no step behind. A finalized step that still fails to read (a truncated or
+missing file) is moved to `workdir/checkpoints_corrupt/` with a one-line report and the
+previous step is used; it is never deleted. A checkpoint whose tree or shapes differ from the
+model and optimizer raises `UsageError` naming the first mismatch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from data.errors import UsageError
+
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"
+_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def checkpoint_dir(run_dir: str | pathlib.Path) -> pathlib.Path:
+  """`RUN/checkpoints` for a run folder; a path that already is a checkpoints folder stays."""
+  path = pathlib.Path(run_dir)
+  return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+
+
+def run_metadata(config: Any) -> dict[str, Any]:
+  """What a checkpoint records about the code and config that wrote it."""
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=pathlib.Path(__file__).parent, timeout=10,
+                            check=False).stdout.strip()
+  except (OSError, subprocess.TimeoutExpired):
+    commit = ""
+  versions = {}
+  for name in _LIBRARIES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return {"format_version": FORMAT_VERSION, "git_commit": commit or None,
+          "libraries": versions, "python": sys.version.split()[0],
+          "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)}
+
+
+def _shape_tree(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+          for path, leaf in leaves}
+
+
+def _saved_keys(tree: Any) -> Any:
+  """The saved tree's leaf paths, in the same key spelling as an abstract `TrainState`."""
+  return {jax.tree_util.keystr(p): v for p, v in
+          jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]}
+
+
+def check_compatible(saved_metadata: Any, abstract: Any, where: str) -> None:
+  """Raises `UsageError` naming the first leaf whose presence or shape differs."""
+  want = _shape_tree(abstract)
+  have = {k: (tuple(v.shape), np.dtype(v.dtype).name)
+          for k, v in _saved_keys(_as_plain(saved_metadata)).items()}
+  # Orbax stores NamedTuples and dataclasses as dicts and tuples as lists: compare leaf names.
+  norm = lambda key: key.replace("'", "").replace("[", ".").replace("]", "").replace("..", ".")
+  want_n, have_n = {norm(k): v for k, v in want.items()}, {norm(k): v for k, v in have.items()}
+  missing, extra = sorted(set(want_n) - set(have_n)), sorted(set(have_n) - set(want_n))
+  if missing or extra:
+    detail = (f"the model/optimizer has {missing[0]} which the checkpoint lacks" if missing else
+              f"the checkpoint has {extra[0]} which the model/optimizer lacks")
+    raise UsageError(f"checkpoint {where} does not match this config: {detail} "
+                     f"({len(missing)} missing, {len(extra)} unexpected leaves); use the config "
+                     "that wrote it or a different workdir")
+  for key, (shape, _) in want_n.items():
+    if have_n[key][0] != shape:
+      raise UsageError(f"checkpoint {where} does not match this config: {key} has shape "
+                       f"{have_n[key][0]} in the checkpoint but {shape} here; use the config "
+                       "that wrote it or a different workdir")
+
+
+def _as_plain(tree: Any) -> Any:
+  """Orbax tree metadata as nested dicts/lists of leaves with `.shape` and `.dtype`."""
+  if hasattr(tree, "tree"):
+    tree = tree.tree
+  return tree
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+class Checkpoints:
+  """The checkpoints of one run folder.
+
+  Saves happen at steps that are multiples of `every_steps` or of `keep_every` (and whenever
+  `save(..., force=True)` is called); the last `keep` steps and every multiple of
+  `keep_every` survive pruning. `read_only=True` opens another run's checkpoints to branch or
+  resume from without ever writing or pruning there.
+  """
+
+  def __init__(self, run_dir: str | pathlib.Path, *, every_steps: int = 0, keep: int = 2,
+               keep_every: int = 0, read_only: bool = False, async_save: bool = True):
+    self.directory = checkpoint_dir(run_dir) if read_only else pathlib.Path(run_dir) / \
+        CHECKPOINT_DIR
+    self.every_steps, self.keep_every = every_steps, keep_every
+    policies = [pp.LatestN(max(keep, 1))]
+    if keep_every:
+      policies.append(pp.EveryNSteps(keep_every))
+    if read_only and not self.directory.is_dir():
+      raise UsageError(f"no checkpoints at {self.directory}; pass a run folder that has a "
+                       f"{CHECKPOINT_DIR}/ subfolder")
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=None if read_only else pp.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  def steps(self) -> list[int]:
+    """Finalized steps, oldest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return any(n and step % n == 0 for n in (self.every_steps, self.keep_every))
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
+    """Starts an async save of `state` at `step`; an existing step is left untouched."""
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def meta(self, step: int) -> dict[str, Any]:
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, abstract_state: Any) -> Any:
+    """The state saved at `step`, laid out as `abstract_state`'s shardings say.
+
+    Raises `UsageError` if the saved tree does not match; any other failure propagates.
+    """
+    metadata = self._manager.item_metadata(step)["state"]
+    if metadata is None:
+      raise FileNotFoundError(f"step {step} has no readable 'state' item")
+    check_compatible(metadata, abstract_state, f"{self.directory / str(step)}")
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Only the parameters saved at `step` (for `init_from`); the rest is not read."""
+    metadata = self._manager.item_metadata(step)["state"]
+    if metadata is None:
+      raise FileNotFoundError(f"step {step} has no readable 'state' item")
+    saved = _as_plain(metadata)
+    saved_params = saved["params"] if isinstance(saved, dict) else saved.params
+    check_compatible(saved_params, abstract_params, f"{self.directory / str(step)} (params)")
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        {"params": abstract_params},
+        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract_params}),
+        partial_restore=True)))["state"]
+    return restored["params"]
+
+  def restore_latest(self, abstract_state: Any, *, at_step: int | None = None) -> Any | None:
+    """The newest readable state (or the one at `at_step`); `None` if there is none.
+
+    A finalized step that fails to read is reported in one line and moved aside (never when
+    `at_step` names it: that is the user's explicit choice and fails instead).
+    """
+    steps = self.steps()
+    if at_step is not None:
+      if at_step not in steps:
+        raise UsageError(f"no checkpoint at step {at_step} in {self.directory} (it has "
+                         f"{steps or 'none'}); pick one of those steps")
+      return self.restore(at_step, abstract_state)
+    for step in reversed(steps):
+      try:
+        return self.restore(step, abstract_state)
+      except UsageError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        self._move_aside(step, e)
+    return None
+
+  def _move_aside(self, step: int, error: Exception) -> None:
+    if self._manager._options.read_only:  # pylint: disable=protected-access
+      print(f"warning: checkpoint {self.directory / str(step)} is unreadable "
+            f"({type(error).__name__}); trying the previous one", file=sys.stderr)
+      return
+    target = self.directory.parent / CORRUPT_DIR / f"{step}-{int(time.time())}"
+    if _is_main():
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(target))
+      reason = " ".join(str(error).split())[:160]
+      print(f"warning: checkpoint step {step} is unreadable ({type(error).__name__}: {reason}); "
+            f"moved it to {target} and falling back to the previous one", file=sys.stderr)
+    _sync(f"moved_aside_{step}")
+    self._manager.reload()
+
+
+def open_for(config: Any, workdir: str | pathlib.Path) -> Checkpoints:
+  """The run folder's own checkpoints, with the config's cadence and retention."""
+  c = config.checkpoint
+  return Checkpoints(workdir, every_steps=c.get("every_steps", 0), keep=c.get("keep", 2),
+                     keep_every=c.get("keep_every", 0))
+
+
+def restore_or_init(trainer: Any, config: Any, own: Checkpoints) -> tuple[Any, str]:
+  """The state to start from and where it came from, in this order of precedence:
+
+  the run folder's own newest readable checkpoint (auto-resume), `checkpoint.resume_from`
+  (another run's newest full state), `checkpoint.branch_from` at `checkpoint.branch_step`
+  (another run's full state and step counter at that step), `checkpoint.init_from`
+  (another run's newest parameters, fresh optimizer, step 0), else a fresh state.
+  """
+  c = config.checkpoint
+  state = own.restore_latest(trainer.abstract_state)
+  if state is not None:
+    return state, f"resumed from {own.directory} at step {int(state.step)}"
+  for key in ("resume_from", "branch_from"):
+    source = c.get(key, "")
+    if not source:
+      continue
+    other = Checkpoints(source, read_only=True)
+    at_step = c.get("branch_step", -1) if key == "branch_from" else None
+    state = other.restore_latest(trainer.abstract_state, at_step=at_step)
+    other.close()
+    if state is None:
+      raise UsageError(f"checkpoint.{key}={source!r} has no readable checkpoint; point it at a "
+                       "run folder with checkpoints/")
+    return state, f"{key.split('_')[0]} from {other.directory} at step {int(state.step)}"
+  if c.get("init_from", ""):
+    other = Checkpoints(c.init_from, read_only=True)
+    steps = other.steps()
+    if not steps:
+      raise UsageError(f"checkpoint.init_from={c.init_from!r} has no checkpoint; point it at a "
+                       "run folder with checkpoints/")
+    params = other.restore_params(steps[-1], trainer.abstract_state.params)
+    other.close()
+    fresh = trainer.init_state()
+    opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)
+    return fresh.replace(params=params, opt_state=opt_state), \
+        f"initialized parameters from {other.directory} step {steps[-1]}"
+  return trainer.init_state(), "started from scratch"
+
+
+def drop_records_after(metrics_path: pathlib.Path, step: int) -> dict[str, Any] | None:
+  """Removes metric lines with `step` beyond `step` (a resumed run rewrites them).
+
+  Returns the last remaining record, or `None`.
+  """
+  if not metrics_path.exists():
+    return None
+  kept = []
+  for line in metrics_path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line cut short by a kill
+      continue
+    if record.get("step", 0) <= step:
+      kept.append(record)
+  tmp = metrics_path.with_suffix(".tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+  tmp.replace(metrics_path)
+  return kept[-1] if kept else None
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived; the state at `step` was saved and the run stopped."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(f"stopped by signal {signum} after saving step {step}; rerun the same "
+                     "command to continue")
+    self.step, self.signum = step, signum
+
+
+class PreemptionWatch:
+  """Notes SIGTERM/SIGINT instead of dying, so the loop can save and stop between steps.
+
+  With several processes JAX's own preemption notifier (started by
+  `jax.distributed.initialize`) catches SIGTERM and all processes agree on one step through
+  `multihost_utils.reached_preemption_sync_point`.
+  """
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "PreemptionWatch":
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._note)
+    return self
+
+  def _note(self, signum: int, frame: Any) -> None:  # pylint: disable=unused-argument
+    self.signum = signum
+
+  def __exit__(self, *exc: Any) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      self.signum = 15
+    return self.signum is not None
