@@ -1,0 +1,279 @@
+"""Continual pre-training: one model trained through a stream of domains, task after task.
+
+Each task is an ordinary run of `training.loop.train` in `WORKDIR/task_<i>_<domain>/`, chained
+to the previous task through `checkpoint.branch_from` + `branch_step` (full state: parameters,
+optimizer state and step counter). With the infinite learning-rate schedule (Ibrahim et al.,
+arXiv 2403.08763, Sec. 4; Singh et al., arXiv 2503.02844, Sec. 3; `Pauljanson002/MAE-1`
+`trainer.py`) task 0 runs warmup, cooldown, constant and anneal; task `i > 0` starts from task
+`i - 1`'s **pre-anneal** state (constant phase), with no warmup and no cooldown, and runs its
+own anneal to give that task's deployable model. With repeated cosine (Gupta et al., arXiv
+2308.04014) task `i` starts from task `i - 1`'s final state and re-warms and re-decays. Every
+task takes `stream.steps_per_task` updates, so all schedules spend the same compute.
+
+After each task its deployable (final) model is evaluated on the validation split of every
+domain seen so far; the rows form the loss matrix (task x domain), written to
+`WORKDIR/loss_matrix.json` and `WORKDIR/loss_matrix.md`. A rerun skips finished tasks and the
+loop auto-resumes an interrupted one from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from data import Dataset, make_dataset
+from data.errors import UsageError
+from training import checkpoint as checkpoint_lib
+
+STREAM_SCHEDULES = ("infinite_lr", "repeated_cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task of the stream: its run folder, trainer config and step range."""
+  index: int
+  domain: str
+  run_dir: pathlib.Path
+  config: ml_collections.ConfigDict
+  start_step: int  # the step counter the task starts from (0 for task 0)
+  pre_anneal_step: int | None  # infinite schedule: where the anneal starts
+
+  @property
+  def end_step(self) -> int:
+    return self.config.total_steps
+
+
+def domains(config: Any) -> list[str]:
+  names = [n.strip() for n in config.stream.domains.split(",") if n.strip()]
+  if not names:
+    raise UsageError("stream.domains is empty; give comma-separated corpus names")
+  return names
+
+
+def checkpoint_spacing(config: Any) -> int:
+  """Checkpoint every this many steps; a multiple of it is every task's pre-anneal step."""
+  steps, every = config.stream.steps_per_task, config.stream.get("checkpoint_every", 0)
+  anneal = config.schedule.get("anneal_steps", 0) if config.schedule.name == "infinite_lr" else 0
+  if every == 0:
+    return math.gcd(steps, anneal) if anneal else steps
+  if every < 0 or steps % every or (anneal and anneal % every):
+    raise UsageError(f"stream.checkpoint_every={every} must divide stream.steps_per_task={steps}"
+                     + (f" and schedule.anneal_steps={anneal}" if anneal else "")
+                     + "; pick a common divisor or 0")
+  return every
+
+
+def plan(config: Any, workdir: str | pathlib.Path) -> list[Task]:
+  """The stream's tasks with the trainer config of each (no I/O)."""
+  if config.schedule.name not in STREAM_SCHEDULES:
+    raise UsageError(f"schedule.name={config.schedule.name!r} cannot drive a stream; use "
+                     f"{' or '.join(STREAM_SCHEDULES)} (experiments/continual.py:schedule=...)")
+  steps, fraction = config.stream.steps_per_task, config.stream.replay_fraction
+  if not isinstance(steps, int) or steps < 1:
+    raise UsageError(f"stream.steps_per_task={steps!r} must be an integer >= 1")
+  if not 0.0 <= fraction < 1.0:
+    raise UsageError(f"stream.replay_fraction={fraction!r} must be in [0, 1)")
+  infinite = config.schedule.name == "infinite_lr"
+  anneal = config.schedule.get("anneal_steps", 0) if infinite else 0
+  spacing = checkpoint_spacing(config)
+  names, tasks = domains(config), []
+  start, source = 0, None
+  for i, domain in enumerate(names):
+    task = ml_collections.ConfigDict(config.to_dict())
+    del task["stream"]
+    task.total_steps = start + steps
+    task.data.name = domain
+    earlier = list(dict.fromkeys(n for n in names[:i] if n != domain))
+    if fraction > 0 and earlier:
+      task.data.replay = ",".join(earlier)
+      task.data.replay_fraction = fraction
+    if infinite and i > 0:
+      task.schedule.warmup_steps = task.schedule.cooldown_steps = 0
+    if not infinite:
+      task.schedule.num_cycles = i + 1
+    task.checkpoint.update(every_steps=spacing, keep_every=spacing, resume_from="",
+                           init_from="", branch_from=str(source[0]) if source else "",
+                           branch_step=source[1] if source else -1)
+    run_dir = pathlib.Path(workdir) / f"task_{i}_{domain}"
+    pre_anneal = task.total_steps - anneal if infinite else None
+    tasks.append(Task(i, domain, run_dir, task, start, pre_anneal))
+    source = (run_dir, pre_anneal if infinite else task.total_steps)
+    start = source[1]
+  return tasks
+
+
+def with_replay(dataset: Dataset, config: Any) -> Dataset:
+  """`dataset` whose training batches replay earlier domains (`config.data.replay`).
+
+  The last `round(replay_fraction * batch_size)` rows of batch `step` are windows of the
+  earlier domains, interleaved in turn, each drawn as that domain's own run draws them
+  (`train_batch(step)` with the run's seed); the batch stays a pure function of (seed, step).
+  Evaluation stays on `dataset`'s own validation split.
+  """
+  names = [n for n in config.data.get("replay", "").split(",") if n]
+  fraction = config.data.get("replay_fraction", 0.0)
+  if not names or not fraction:
+    return dataset
+  batch_size = config.batch_size
+  num_replay = round(fraction * batch_size)
+  if not 0 < num_replay < batch_size:
+    raise UsageError(f"data.replay_fraction={fraction} replays {num_replay} of "
+                     f"{batch_size} rows; pick a fraction in [1/{batch_size}, "
+                     f"{batch_size - 1}/{batch_size}]")
+  per_source = -(-num_replay // len(names))
+  sources = [make_dataset(n, seed=config.seed, batch_size=per_source,
+                          seq_len=config.data.get("seq_len", 0),
+                          split_seed=config.data.get("split_seed", 0)) for n in names]
+
+  def train_batch(step: int) -> dict[str, np.ndarray]:
+    own = dataset.train_batch(step)
+    replayed = [s.train_batch(step) for s in sources]
+    rows = [(j % len(names), j // len(names)) for j in range(num_replay)]
+    return {k: np.concatenate([own[k][:batch_size - num_replay],
+                               np.stack([replayed[s][k][r] for s, r in rows])])
+            for k in own}
+
+  return dataclasses.replace(dataset, train_batch=train_batch)
+
+
+class DomainEvaluator:
+  """Validation loss of saved parameters on any of the stream's domains."""
+
+  def __init__(self, config: Any):
+    from training import loop  # pylint: disable=import-outside-toplevel
+    self.config = config
+    self.trainer = loop.Trainer(config)
+    self._datasets: dict[str, Dataset] = {}
+
+  def _dataset(self, domain: str) -> Dataset:
+    if domain not in self._datasets:
+      c = self.config
+      self._datasets[domain] = make_dataset(
+          domain, seed=c.seed, batch_size=c.batch_size, seq_len=c.data.seq_len,
+          eval_batches=c.eval.num_batches, split_seed=c.data.get("split_seed", 0))
+    return self._datasets[domain]
+
+  def params_at(self, run_dir: pathlib.Path, step: int) -> Any:
+    checkpoints = checkpoint_lib.Checkpoints(run_dir, read_only=True)
+    try:
+      # The full state, not `restore_params`: its PyTreeRestore does not match the manager's
+      # StandardCheckpointHandler for "state" (orbax 0.12.8 raises "no registered handler").
+      return checkpoints.restore(step, self.trainer.abstract_state).params
+    finally:
+      checkpoints.close()
+
+  def losses(self, params: Any, names: list[str]) -> dict[str, float]:
+    result = {}
+    for name in names:
+      sums = [self.trainer.eval_step(params, self.trainer.device_batch(b))
+              for b in self._dataset(name).eval_batches()]
+      loss_sum, _, weight = (float(sum(x)) for x in zip(*jax.device_get(sums)))
+      result[name] = loss_sum / weight
+    return result
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+def _finished(task: Task) -> bool:
+  """Whether `task`'s run completed; a finished run of another config is a usage error."""
+  if not (task.run_dir / "summary.json").exists():
+    return False
+  stored = json.loads((task.run_dir / "config.json").read_text())
+  if stored != json.loads(json.dumps(task.config.to_dict())):
+    raise UsageError(f"{task.run_dir} holds a finished run of a different config; use another "
+                     "--workdir or move that folder away")
+  return json.loads((task.run_dir / "summary.json").read_text())["steps"] == task.end_step
+
+
+def matrix_markdown(record: dict[str, Any]) -> str:
+  names = record["domains"]
+  lines = ["| after task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for row in record["tasks"]:
+    cells = [f"{row['losses'][n]:.4f}" if n in row["losses"] else "" for n in names]
+    lines.append(f"| {row['task']} ({row['domain']}) | " + " | ".join(cells) + " |")
+  return ("Validation loss (nats/byte) of each task's deployable model on every domain seen "
+          "so far.\n\n" + "\n".join(lines) + "\n")
+
+
+def run_stream(config: Any, workdir: str | pathlib.Path, *,
+               progress: bool = True) -> dict[str, Any]:
+  """Trains the stream in `workdir`, evaluating after every task; returns the loss matrix."""
+  from training import loop  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  tasks = plan(config, workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  stream_config = json.loads(json.dumps(config.to_dict()))
+  config_path = workdir / "stream_config.json"
+  if config_path.exists() and json.loads(config_path.read_text()) != stream_config:
+    raise UsageError(f"{workdir} holds a stream of a different config; use another --workdir "
+                     "or the config that wrote it")
+  _write_json(config_path, stream_config)
+  names = [t.domain for t in tasks]
+  matrix_path = workdir / "loss_matrix.json"
+  record = json.loads(matrix_path.read_text()) if matrix_path.exists() else {}
+  rows = {r["task"]: r for r in record.get("tasks", [])}
+  record = {"domains": list(dict.fromkeys(names)), "tasks": []}
+  evaluator = None
+  for task in tasks:
+    trained = not _finished(task)
+    if trained:
+      loop.train(task.config, task.run_dir, progress=progress)
+    if trained or task.index not in rows:
+      evaluator = evaluator or DomainEvaluator(tasks[0].config)
+      seen = list(dict.fromkeys(names[:task.index + 1]))
+      params = evaluator.params_at(task.run_dir, task.end_step)
+      rows[task.index] = {
+          "task": task.index, "domain": task.domain, "run_dir": task.run_dir.name,
+          "start_step": task.start_step, "end_step": task.end_step,
+          "pre_anneal_step": task.pre_anneal_step,
+          "started_from": task.config.checkpoint.branch_from or None,
+          "started_from_step": task.config.checkpoint.branch_step if task.index else None,
+          "losses": evaluator.losses(params, seen)}
+    record["tasks"].append(rows[task.index])
+    record["trained"] = record.get("trained", []) + ([task.index] if trained else [])
+    _write_json(matrix_path, record)
+    (workdir / "loss_matrix.md").write_text(matrix_markdown(record))
+  return record
+
+
+def trajectory(config: Any, workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+  """Every domain's validation loss at every kept checkpoint along the stream.
+
+  Each record has `task`, `step` (the run's step counter), `stream_step` (updates since the
+  start of the stream: `task * steps_per_task + step - task start`) and `losses`. A task's
+  first point is the state it started from. Cached in `WORKDIR/trajectory.json`.
+  """
+  workdir = pathlib.Path(workdir)
+  cache = workdir / "trajectory.json"
+  if cache.exists():
+    return json.loads(cache.read_text())
+  tasks = plan(config, workdir)
+  names = list(dict.fromkeys(t.domain for t in tasks))
+  evaluator = DomainEvaluator(tasks[0].config)
+  steps_per_task = config.stream.steps_per_task
+  points = []
+  for task in tasks:
+    own = checkpoint_lib.Checkpoints(task.run_dir, read_only=True)
+    saved = [s for s in own.steps() if s > task.start_step]
+    own.close()
+    starts = [(task.run_dir, s) for s in saved]
+    if task.index > 0:
+      starts.insert(0, (tasks[task.index - 1].run_dir, task.start_step))
+    for run_dir, step in starts:
+      params = evaluator.params_at(run_dir, step)
+      points.append({"task": task.index, "step": step,
+                     "stream_step": task.index * steps_per_task + step - task.start_step,
+                     "losses": evaluator.losses(params, names)})
+  _write_json(cache, points)
+  return points
