@@ -25,6 +25,11 @@ OPTIMIZER_DEFAULTS = {
     "adamw": dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1),
     "sgd": dict(momentum=0.9, nesterov=False, weight_decay=0.0),
     "lion": dict(b1=0.9, b2=0.99, weight_decay=0.1),
+    # SophiaG's official defaults; batch_size=0 derives the global batch's tokens, the trainer
+    # refreshes the Hessian every update_interval steps and clips the estimate like the official
+    # loop (grad_clip=1). Sophia-H: --config.optimizer.estimator=hutchinson.
+    "sophia": dict(b1=0.965, b2=0.99, rho=0.04, weight_decay=0.1, batch_size=0,
+                   update_interval=10, estimator="gnb", hessian_clip_norm=1.0),
 }
 
 

@@ -24,9 +24,13 @@ from training import checkpoint as checkpoint_lib
 from training import config as config_lib
 from training import metrics as metrics_lib
 from training import sharding
-from training.optimizer import build_optimizer
+from training.optimizer import build_optimizer, hessian_refresh
 from training.state import TrainState
-from training.step import make_eval_step, make_train_step
+from training.step import HESSIAN_BATCH, make_eval_step, make_train_step
+
+
+# Sophia's fresh Hessian batches: train_batch(_HESSIAN_STREAM + step), never a training batch.
+_HESSIAN_STREAM = 2**40
 
 
 class DivergedError(RuntimeError):
@@ -56,6 +60,7 @@ class Trainer:
     self.dataset = build_dataset(config)
     self.model = build_model(config, self.dataset)
     self.tx = build_optimizer(config)
+    self.hessian = hessian_refresh(config)
     self.mesh = sharding.make_mesh(config.mesh)
     input_dtype = jnp.int32 if self.dataset.kind == "lm" else jnp.float32
     self._example = jnp.zeros((1, *self.dataset.input_shape), input_dtype)
@@ -75,7 +80,7 @@ class Trainer:
         abstract, self.state_sharding)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self._init_rng = init_rng
-    self.train_step = jax.jit(make_train_step(self.model.apply, self.tx),
+    self.train_step = jax.jit(make_train_step(self.model.apply, self.tx, self.hessian),
                               in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, replicated),
                               donate_argnums=0)
@@ -94,6 +99,20 @@ class Trainer:
   def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """The global batch as sharded arrays; each process feeds only its own rows."""
     return {k: sharding.global_batch_array(v, self.batch_sharding) for k, v in batch.items()}
+
+  def step_batch(self, step: int) -> dict[str, Any]:
+    """The train step's input at `step`; with Sophia it also carries a fresh Hessian batch.
+
+    The fresh batch is drawn only on refresh steps; other steps pass the training batch again
+    (already on device, never read) so that the step keeps one signature.
+    """
+    batch = self.device_batch(self.dataset.train_batch(step))
+    if self.hessian is None:
+      return batch
+    fresh = batch
+    if self.hessian.is_due(step):
+      fresh = self.device_batch(self.dataset.train_batch(_HESSIAN_STREAM + step))
+    return {**batch, HESSIAN_BATCH: fresh}
 
   def evaluate(self, params: Any) -> dict[str, float]:
     sums = [self.eval_step(params, self.device_batch(b)) for b in self.dataset.eval_batches()]
@@ -162,7 +181,7 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) ->
 
   try:
     for step in range(start_step, total):
-      batch = trainer.device_batch(dataset.train_batch(step))
+      batch = trainer.step_batch(step)
       state, device_metrics = trainer.train_step(state, batch)
       if pending is not None:
         finish_step(*pending)
