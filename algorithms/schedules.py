@@ -352,3 +352,60 @@ def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: 
       (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
       (decay_steps, decay),
   ])
+
+
+@register_schedule("step_decay")
+def step_decay_schedule(peak_value: float, total_steps: int,
+                        boundaries: tuple[float, ...] = (0.5, 0.75), factor: float = 0.1,
+                        warmup_steps: int = 0, init_value: float = 0.0) -> optax.Schedule:
+  """Piecewise-constant step decay (He et al., arXiv 1512.03385: x0.1 at fixed epochs).
+
+  Linear warmup from `init_value`, then `peak_value * factor**k` after the k-th boundary, the
+  boundaries given as fractions of `total_steps` (default x0.1 at 50% and 75%).
+  """
+  _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
+  _check_positive(factor=factor)
+  if any(not 0.0 < b < 1.0 for b in boundaries) or list(boundaries) != sorted(boundaries):
+    raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {boundaries}")
+  scales: dict[int, float] = {}  # Boundaries that round to the same step multiply.
+  for b in boundaries:
+    step = round(b * total_steps) - warmup_steps
+    scales[step] = scales.get(step, 1.0) * factor
+  if min(scales, default=0) < 0:
+    raise ValueError(f"warmup_steps ({warmup_steps}) must end before the first boundary")
+  decay = optax.piecewise_constant_schedule(peak_value, scales)
+  return _phases(total_steps, [
+      (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
+      (total_steps - warmup_steps, decay),
+  ])
+
+
+@register_schedule("linear")
+def linear_schedule(peak_value: float, total_steps: int, warmup_steps: int = 0,
+                    init_value: float = 0.0, end_value: float = 0.0) -> optax.Schedule:
+  """Linear warmup from `init_value`, then linear decay to `end_value` at `total_steps`."""
+  _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
+  if warmup_steps >= total_steps:
+    raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
+  return _phases(total_steps, [
+      (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
+      (total_steps - warmup_steps, optax.linear_schedule(peak_value, end_value,
+                                                         total_steps - warmup_steps)),
+  ])
+
+
+@register_schedule("onecycle")
+def onecycle_schedule(peak_value: float, total_steps: int, pct_start: float = 0.3,
+                      div_factor: float = 25.0, final_div_factor: float = 1e4) -> optax.Schedule:
+  """OneCycle (Smith & Topin, arXiv 1708.07120) as `optax.cosine_onecycle_schedule`.
+
+  Cosine rise from `peak / div_factor` to `peak` over `pct_start * total_steps` updates, then
+  cosine fall to `peak / (div_factor * final_div_factor)` at `total_steps`, held after.
+  """
+  _check_steps(total_steps=total_steps)
+  _check_positive(total_steps=total_steps, div_factor=div_factor,
+                  final_div_factor=final_div_factor)
+  if not 0.0 < pct_start < 1.0:
+    raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
+  return _hold_after(total_steps, optax.cosine_onecycle_schedule(
+      total_steps, peak_value, pct_start, div_factor, final_div_factor))

@@ -42,6 +42,9 @@ EXAMPLES: dict[str, list[tuple[str, dict]]] = {
                          dict(num_cycles=4, warmup_steps=0.02, end_value=0.1, rewarm_from=start))
                         for start in ("zero", "end")],
     "uba": [(f"phi={phi}", dict(phi=phi, warmup_steps=0.05)) for phi in (0.5, 1.0, 2.0, 5.0)],
+    "step_decay": [("x0.1 at 50% and 75%", {})],
+    "linear": [("warmup 5%", dict(warmup_steps=0.05))],
+    "onecycle": [("pct_start 0.3, div 25, final div 1e4", {})],
 }
 _STEP_ARGS = ("warmup_steps", "decay_steps", "cooldown_steps", "anneal_steps")
 

@@ -489,3 +489,81 @@ def test_gallery_draws_every_registered_schedule(tmp_path):
   assert skipped == []
   assert set(plot_schedules.EXAMPLES) >= set(schedules.SCHEDULES)
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------- step decay, linear, OneCycle (UBA baselines)
+
+
+def _np_step_decay(t, peak, total, boundaries, factor, warmup, init):
+  t = min(t, total)
+  if t < warmup:
+    return init + (peak - init) * t / warmup
+  return peak * factor ** sum(t >= round(b * total) for b in boundaries)
+
+
+def _np_linear(t, peak, total, warmup, init, end):
+  t = min(t, total)
+  if t < warmup:
+    return init + (peak - init) * t / warmup
+  return peak + (end - peak) * (t - warmup) / (total - warmup)
+
+
+def _np_onecycle(t, peak, total, pct_start, div_factor, final_div_factor):
+  """Smith & Topin (arXiv 1708.07120): cosine rise over int(pct_start T) steps, cosine fall."""
+  t = min(t, total)
+  start, low = peak / div_factor, peak / (div_factor * final_div_factor)
+  anneal = lambda a, b, x: b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * x))
+  rise = int(pct_start * total)
+  if t <= rise:
+    return anneal(start, peak, t / rise)
+  return anneal(peak, low, (t - rise) / (total - rise))
+
+
+@pytest.mark.parametrize("total,boundaries,factor,warmup,init", [
+    (100, (0.5, 0.75), 0.1, 0, 0.0),
+    (37, (0.5, 0.75), 0.1, 5, 0.01),
+    (200, (0.3,), 0.5, 20, 0.0),
+    (10, (0.52, 0.55), 0.1, 0, 0.0),  # Both boundaries round to step 5: x0.01 there.
+])
+def test_step_decay_matches_numpy(total, boundaries, factor, warmup, init):
+  steps = _probe_steps([warmup] + [round(b * total) for b in boundaries], total)
+  actual = _values64(lambda: schedules.build_schedule(
+      "step_decay", 2.0, total, boundaries=boundaries, factor=factor, warmup_steps=warmup,
+      init_value=init), steps)
+  expected = [_np_step_decay(t, 2.0, total, boundaries, factor, warmup, init) for t in steps]
+  _assert_close(actual, expected, 2.0)
+
+
+@pytest.mark.parametrize("total,warmup,init,end", [(100, 0, 0.0, 0.0), (37, 5, 0.01, 0.1)])
+def test_linear_matches_numpy(total, warmup, init, end):
+  steps = _probe_steps([warmup], total)
+  actual = _values64(lambda: schedules.build_schedule(
+      "linear", 2.0, total, warmup_steps=warmup, init_value=init, end_value=end), steps)
+  expected = [_np_linear(t, 2.0, total, warmup, init, end) for t in steps]
+  _assert_close(actual, expected, 2.0)
+
+
+@pytest.mark.parametrize("total,pct_start,div_factor,final_div_factor", [
+    (100, 0.3, 25.0, 1e4), (37, 0.25, 10.0, 100.0)])
+def test_onecycle_matches_numpy(total, pct_start, div_factor, final_div_factor):
+  steps = _probe_steps([int(pct_start * total)], total)
+  actual = _values64(lambda: schedules.build_schedule(
+      "onecycle", 2.0, total, pct_start=pct_start, div_factor=div_factor,
+      final_div_factor=final_div_factor), steps)
+  expected = [_np_onecycle(t, 2.0, total, pct_start, div_factor, final_div_factor)
+              for t in steps]
+  _assert_close(actual, expected, 2.0)
+
+
+@pytest.mark.parametrize("make,arg", [
+    (lambda: schedules.step_decay_schedule(1.0, 100, boundaries=(0.75, 0.5)), "boundaries"),
+    (lambda: schedules.step_decay_schedule(1.0, 100, boundaries=(1.0,)), "boundaries"),
+    (lambda: schedules.step_decay_schedule(1.0, 100, factor=0.0), "factor"),
+    (lambda: schedules.step_decay_schedule(1.0, 100, warmup_steps=60), "warmup_steps"),
+    (lambda: schedules.linear_schedule(1.0, 100, warmup_steps=100), "warmup_steps"),
+    (lambda: schedules.onecycle_schedule(1.0, 100, pct_start=1.0), "pct_start"),
+    (lambda: schedules.onecycle_schedule(1.0, 0), "total_steps"),
+])
+def test_baseline_schedules_reject_bad_arguments(make, arg):
+  with pytest.raises(ValueError, match=arg):
+    make()
