@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from algorithms import quantize as qz
 from data import Dataset, make_dataset
 from data.errors import UsageError
 from models import make_model
@@ -24,7 +25,8 @@ from training import checkpoint as checkpoint_lib
 from training import config as config_lib
 from training import metrics as metrics_lib
 from training import sharding
-from training.optimizer import build_optimizer, hessian_refresh
+from training.optimizer import (build_optimizer, compute_params_fn, hessian_refresh,
+                                quantize_params)
 from training.state import TrainState
 from training.step import HESSIAN_BATCH, make_eval_step, make_train_step
 
@@ -38,9 +40,14 @@ class DivergedError(RuntimeError):
 
 
 def build_dataset(config: Any) -> Dataset:
-  return make_dataset(config.data.name, seed=config.seed, batch_size=config.batch_size,
-                      seq_len=config.data.get("seq_len", 0), eval_batches=config.eval.num_batches,
-                      path=config.data.get("path", ""), split_seed=config.data.get("split_seed", 0))
+  dataset = make_dataset(config.data.name, seed=config.seed, batch_size=config.batch_size,
+                         seq_len=config.data.get("seq_len", 0),
+                         eval_batches=config.eval.num_batches, path=config.data.get("path", ""),
+                         split_seed=config.data.get("split_seed", 0))
+  if config.data.get("replay", ""):  # continual pre-training: mix in earlier domains
+    from training import continual  # pylint: disable=import-outside-toplevel
+    dataset = continual.with_replay(dataset, config)
+  return dataset
 
 
 def build_model(config: Any, dataset: Dataset) -> nn.Module:
@@ -55,13 +62,14 @@ def build_model(config: Any, dataset: Dataset) -> nn.Module:
 class Trainer:
   """Everything compiled for one config: model, optimizer, mesh, jitted steps."""
 
-  def __init__(self, config: Any):
+  def __init__(self, config: Any, devices: list[jax.Device] | None = None):
     self.config = config
     self.dataset = build_dataset(config)
     self.model = build_model(config, self.dataset)
     self.tx = build_optimizer(config)
     self.hessian = hessian_refresh(config)
-    self.mesh = sharding.make_mesh(config.mesh)
+    self.compute_params = compute_params_fn(config)
+    self.mesh = sharding.make_mesh(config.mesh, devices)  # default: all devices
     input_dtype = jnp.int32 if self.dataset.kind == "lm" else jnp.float32
     self._example = jnp.zeros((1, *self.dataset.input_shape), input_dtype)
 
@@ -71,24 +79,28 @@ class Trainer:
     params_sh = sharding.param_shardings(
         sharding.logical_specs(boxed)["params"], abstract.params, self.mesh)
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self.state_sharding = TrainState(
-        step=replicated, params=params_sh,
-        opt_state=sharding.opt_state_shardings(self.tx, abstract.opt_state, params_sh, self.mesh),
-        rng=replicated)
+    if _holds_quantized(abstract.params):
+      params_sh, opt_state_sh = _quantized_shardings(params_sh, abstract, self.mesh)
+    else:
+      opt_state_sh = sharding.opt_state_shardings(self.tx, abstract.opt_state, params_sh, self.mesh)
+    self.state_sharding = TrainState(step=replicated, params=params_sh, opt_state=opt_state_sh,
+                                     rng=replicated)
     self.abstract_state = jax.tree.map(
         lambda leaf, sh: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sh),
         abstract, self.state_sharding)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self._init_rng = init_rng
-    self.train_step = jax.jit(make_train_step(self.model.apply, self.tx, self.hessian),
+    self.train_step = jax.jit(make_train_step(self.model.apply, self.tx, self.hessian,
+                                              self.compute_params),
                               in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, replicated),
                               donate_argnums=0)
-    self.eval_step = jax.jit(make_eval_step(self.model.apply),
+    self.eval_step = jax.jit(make_eval_step(self.model.apply, self.compute_params),
                              in_shardings=(params_sh, self.batch_sharding))
 
   def _init_state(self, init_rng: jax.Array) -> TrainState:
     params = nn.meta.unbox(self.model.init(init_rng, self._example))["params"]
+    params = quantize_params(self.config, params)  # ECO: matrices as codes + scales
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), rng=self._train_rng)
 
@@ -123,6 +135,37 @@ class Trainer:
     return result
 
 
+def _is_quantized(x: Any) -> bool:
+  return isinstance(x, qz.QuantizedArray)
+
+
+def _holds_quantized(params: Any) -> bool:
+  return any(map(_is_quantized, jax.tree.leaves(params, is_leaf=_is_quantized)))
+
+
+def _fit(named: jax.sharding.NamedSharding, shape: tuple[int, ...]) -> jax.sharding.NamedSharding:
+  """`named`'s spec on an array of `shape`: axes that do not divide a dimension are dropped."""
+  spec = tuple(named.spec) + (None,) * (len(shape) - len(named.spec))
+  axes = [a if a is not None and d % named.mesh.shape[a] == 0 else None
+          for a, d in zip(spec, shape)]
+  return jax.sharding.NamedSharding(named.mesh, jax.sharding.PartitionSpec(*axes))
+
+
+def _quantized_shardings(params_sh: Any, abstract: TrainState, mesh: Any) -> tuple[Any, Any]:
+  """ECO state: codes and scales follow their weight's sharding (where it divides them);
+  optimizer-state leaves follow the weight whose path ends theirs (`mu['mlp']['kernel']`)."""
+  params = jax.tree.map(lambda sh, leaf: jax.tree.map(lambda x: _fit(sh, x.shape), leaf),
+                        params_sh, abstract.params, is_leaf=_is_quantized)
+  by_path = dict(jax.tree_util.tree_flatten_with_path(params_sh)[0])
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def follow(path, leaf):
+    matches = [by_path[path[i:]] for i in range(len(path)) if path[i:] in by_path]
+    return _fit(matches[0], leaf.shape) if matches else replicated
+
+  return params, jax.tree_util.tree_map_with_path(follow, abstract.opt_state)
+
+
 def _write_json(path: pathlib.Path, obj: Any) -> None:
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -136,7 +179,6 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) ->
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "config.json", config.to_dict())
 
   start_time = time.time()
   trainer = Trainer(config)
@@ -145,6 +187,8 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) ->
   start_step = int(state.step)
   resumed = checkpoint_lib.drop_records_after(workdir / "metrics.jsonl", start_step) \
       if is_main else None
+  if is_main:  # only once the checkpoint is known to fit this config
+    _write_json(workdir / "config.json", config.to_dict())
   if is_main and progress:
     print(f"{origin}; training to step {config.total_steps}", file=sys.stderr, flush=True)
   checkpoint_meta = checkpoint_lib.run_metadata(config)
@@ -212,7 +256,7 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) ->
       "final_eval_loss": eval_metrics.get("eval_loss"),
       "baseline_loss": dataset.baseline_loss,
       "skipped_steps": int(jax.device_get(state.opt_state.total_notfinite)),
-      "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+      "num_params": int(sum(x.size for x in jax.tree.leaves(state.params, is_leaf=_is_quantized))),
       "wall_time_s": time.time() - start_time,
       "params_sha256": metrics_lib.params_sha256(state.params),
   }

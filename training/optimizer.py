@@ -7,18 +7,22 @@ before the optimizer, and the learning rate actually used sits in the state for 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import optax
 
 import algorithms  # registers every optimizer and schedule
+from algorithms import quantize as qz
 from algorithms import sophia
 from algorithms.optimizers import OPTIMIZERS
 from algorithms.schedules import build_schedule
 from training.step import HessianRefresh
 
 # Config keys of `optimizer` that belong to the trainer, not to the optimizer builder.
-TRAINER_KEYS = ("name", "learning_rate", "grad_clip_norm", "hessian_clip_norm")
+TRAINER_KEYS = ("name", "learning_rate", "grad_clip_norm", "hessian_clip_norm",
+                "master_weights_quantizer")
 _NEVER_GIVES_UP = 2**31 - 1  # the loop stops the run; apply_if_finite must never apply NaNs
 
 
@@ -75,9 +79,126 @@ def build_optimizer(config: Any) -> optax.GradientTransformation:
   hessian_refresh(config)  # validates the Sophia trainer keys
   if config.optimizer.name == "sophia":
     kwargs = _sophia_kwargs(config, kwargs)
-  static = tuple(k for k, v in kwargs.items() if _is_static(v))
-  inner = optax.inject_hyperparams(OPTIMIZERS[config.optimizer.name], static_args=static)(
+  master_weights_quantizer(config)  # validates the key
+  builder, guard = OPTIMIZERS[config.optimizer.name], optax.apply_if_finite
+  dtype = None  # the params' (float8 codes have no promotion path: ECO says float32)
+  if config.optimizer.name in ECO_OPTIMIZERS:
+    builder, guard = _eco_partition(config.optimizer.name), _apply_if_finite_quantized
+    kwargs, dtype = {"seed": config.seed, **kwargs}, jnp.float32
+  static = tuple(k for k, v in kwargs.items() if _is_static(v) or k == "seed")
+  inner = optax.inject_hyperparams(builder, static_args=static, hyperparam_dtype=dtype)(
       learning_rate=schedule_from_config(config), **kwargs)
   clip = config.optimizer.grad_clip_norm
   clipped = optax.chain(optax.clip_by_global_norm(clip), inner) if clip else inner
-  return optax.apply_if_finite(clipped, max_consecutive_errors=_NEVER_GIVES_UP)
+  return guard(clipped, max_consecutive_errors=_NEVER_GIVES_UP)
+
+
+# ECO (Nikdan et al., arXiv 2601.22101): the train state holds the weight matrices as
+# `QuantizedArray`s (codes + scales, no float32 copy); vectors (norms, biases) stay float32.
+ECO_OPTIMIZERS = ("eco_adamw", "eco_sgdm")
+
+
+def param_quantizer(config: Any) -> qz.Quantizer | None:
+  """The quantizer the train state stores the matrices with (ECO runs), else None."""
+  if config.optimizer.name not in ECO_OPTIMIZERS:
+    return None
+  return qz.get_quantizer(config.optimizer.get("quantizer", "fp8_e4m3"))
+
+
+def master_weights_quantizer(config: Any) -> qz.Quantizer | None:
+  """`optimizer.master_weights_quantizer`: float32 params, forward pass on a quantized copy."""
+  name = config.optimizer.get("master_weights_quantizer", "")
+  if not name:
+    return None
+  if config.optimizer.name in ECO_OPTIMIZERS:
+    raise ValueError("optimizer.master_weights_quantizer is for float32 master weights; ECO "
+                     "stores the weights quantized already (use optimizer.quantizer)")
+  return qz.get_quantizer(name)
+
+
+def compute_params_fn(config: Any) -> Callable[[Any], Any] | None:
+  """What the forward pass runs on, from the params the state holds (None: the params).
+
+  ECO: the stored `QuantizedArray`s dequantized on the fly. Master weights: a quantized copy
+  (round to nearest) of the float32 matrices, rebuilt every step and never stored.
+  """
+  if param_quantizer(config) is not None:
+    return qz.dequantize_tree
+  quantizer = master_weights_quantizer(config)
+  if quantizer is None:
+    return None
+  return lambda params: qz.dequantize_tree(qz.quantize_tree(params, quantizer))
+
+
+def quantize_params(config: Any, params: Any) -> Any:
+  """The params as the train state holds them: ECO quantizes the matrices (ndim >= 2)."""
+  quantizer = param_quantizer(config)
+  return params if quantizer is None else qz.quantize_tree(params, quantizer)
+
+
+def _is_quantized(x: Any) -> bool:
+  return isinstance(x, qz.QuantizedArray)
+
+
+def _eco_labels(tree: Any) -> Any:
+  """"eco" for the matrices `quantize_params` quantizes; the same on params and gradients
+  (`optax.masked` labels the gradients in `update`)."""
+  return jax.tree.map(lambda p: "eco" if p.ndim >= 2 else "float", tree, is_leaf=_is_quantized)
+
+
+def _eco_partition(name: str):
+  """ECO on the `QuantizedArray` leaves, the same base optimizer in float32 on the rest.
+
+  (Explicit signatures: `optax.inject_hyperparams` binds its arguments by name.)
+  """
+
+  def partition(eco_tx, float_tx):
+    return optax.partition({"eco": eco_tx, "float": float_tx}, _eco_labels)
+
+  def eco_adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                quantizer="fp8_e4m3", rounding="stochastic", mode="eco", exact=False, seed=0):
+    return partition(
+        OPTIMIZERS[name](learning_rate, b1, b2, eps, weight_decay, quantizer=quantizer,
+                         rounding=rounding, mode=mode, exact=exact, seed=seed),
+        optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay))
+
+  def eco_sgdm(learning_rate, momentum=0.9, quantizer="fp8_e4m3", rounding="stochastic",
+               mode="eco", exact=False, seed=0):
+    return partition(
+        OPTIMIZERS[name](learning_rate, momentum, quantizer=quantizer, rounding=rounding,
+                         mode=mode, exact=exact, seed=seed),
+        optax.chain(optax.ema(momentum, debias=False),  # EMA momentum, as eco_sgdm
+                    optax.scale_by_learning_rate(learning_rate)))
+
+  return eco_adamw if name == "eco_adamw" else eco_sgdm
+
+
+def _apply_if_finite_quantized(inner: optax.GradientTransformation,
+                               max_consecutive_errors: int) -> optax.GradientTransformation:
+  """`optax.apply_if_finite` for params holding `QuantizedArray`s.
+
+  ECO's update of such a leaf is the new `QuantizedArray` (see `algorithms.eco`), so a
+  rejected step returns the old one where optax would return zeros. Same state as optax's.
+  """
+  init = optax.apply_if_finite(inner, max_consecutive_errors).init
+
+  def update(updates, state, params=None, **extra_args):
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(updates)]))
+    notfinite_count = jnp.where(finite, jnp.zeros([], jnp.int32),
+                                optax.safe_increment(state.notfinite_count))
+
+    def reject(_):
+      kept = jax.tree.map(lambda g, p: p if _is_quantized(p) else jnp.zeros_like(g),
+                          updates, params, is_leaf=_is_quantized)
+      return kept, state.inner_state
+
+    new_updates, inner_state = jax.lax.cond(
+        jnp.logical_or(finite, notfinite_count > max_consecutive_errors),
+        lambda _: inner.update(updates, state.inner_state, params, **extra_args), reject, None)
+    return new_updates, optax.ApplyIfFiniteState(
+        notfinite_count=notfinite_count, last_finite=finite,
+        total_notfinite=jnp.where(finite, state.total_notfinite,
+                                  optax.safe_increment(state.total_notfinite)),
+        inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)

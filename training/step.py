@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from algorithms import sophia
+from algorithms import eco, quantize, sophia
 from training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -34,7 +34,6 @@ class HessianRefresh:
     return step % self.interval == self.interval - 1
 
 
-
 def weighted_cross_entropy(logits_BxV: jax.Array, targets_B: jax.Array,
                            weights_B: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Mean cross-entropy over entries with weight 1 (any leading shape), and that weight sum."""
@@ -45,7 +44,9 @@ def weighted_cross_entropy(logits_BxV: jax.Array, targets_B: jax.Array,
 
 
 def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransformation,
-                    hessian: HessianRefresh | None = None) -> Callable[[TrainState, Batch], Any]:
+                    hessian: HessianRefresh | None = None,
+                    compute_params: Callable[[Any], Any] | None = None,
+                    ) -> Callable[[TrainState, Batch], Any]:
   """`train_step(state, batch) -> (state, metrics)`; metrics are device scalars.
 
   With `hessian` (Sophia), `batch["hessian"]` holds a fresh batch of the same shape, the
@@ -76,13 +77,18 @@ def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransf
 
   def train_step(state: TrainState, batch: Batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if compute_params is None:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_rng)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      update_norm = optax.global_norm(updates)
+    else:
+      loss, grads, updates, opt_state, params, update_norm = _quantized_update(
+          loss_fn, tx, compute_params, state, batch, step_rng)
     metrics = {
         "train_loss": loss,
         "grad_norm": optax.global_norm(grads),
-        "update_norm": optax.global_norm(updates),
+        "update_norm": update_norm,
         "lr": optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"],
         "nonfinite_in_a_row": opt_state.notfinite_count,
     }
@@ -98,10 +104,29 @@ def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransf
   return train_step
 
 
-def make_eval_step(apply_fn: Callable[..., jax.Array]) -> Callable[[Any, Batch], Any]:
+def _quantized_update(loss_fn, tx, compute_params, state: TrainState, batch: Batch, rng):
+  """A step whose forward pass runs on `compute_params(state.params)` (quantized weights).
+
+  Gradients are taken w.r.t. those compute values. ECO (Nikdan et al., arXiv 2601.22101):
+  `QuantizedArray` params are dequantized on the fly and replaced by their update, the new
+  `QuantizedArray`. Master weights: float32 params, gradients applied straight through.
+  """
+  forward = compute_params(state.params)
+  loss, grads = jax.value_and_grad(loss_fn)(forward, batch, rng)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = eco.apply_updates(state.params, updates)
+  delta = jax.tree.map(jnp.subtract, quantize.dequantize_tree(params),
+                       quantize.dequantize_tree(state.params))
+  return loss, grads, updates, opt_state, params, optax.global_norm(delta)
+
+
+def make_eval_step(apply_fn: Callable[..., jax.Array],
+                   compute_params: Callable[[Any], Any] | None = None,
+                   ) -> Callable[[Any, Batch], Any]:
   """`eval_step(params, batch) -> (loss_sum, correct_sum, weight_sum)` for exact averaging."""
 
   def eval_step(params, batch: Batch):
+    params = params if compute_params is None else compute_params(params)
     logits = apply_fn({"params": params}, batch["inputs"])
     loss, weight = weighted_cross_entropy(logits, batch["targets"], batch["weights"])
     correct = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * batch["weights"])
