@@ -25,6 +25,11 @@ OPTIMIZER_DEFAULTS = {
     "adamw": dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1),
     "sgd": dict(momentum=0.9, nesterov=False, weight_decay=0.0),
     "lion": dict(b1=0.9, b2=0.99, weight_decay=0.1),
+    # ECO (arXiv 2601.22101): weight matrices stored quantized, no float32 master copy; mode
+    # "naive" drops the error injection. quantizer: fp8_e4m3, int8 or int4.
+    "eco_adamw": dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, quantizer="fp8_e4m3",
+                      rounding="stochastic", mode="eco"),
+    "eco_sgdm": dict(momentum=0.9, quantizer="fp8_e4m3", rounding="stochastic", mode="eco"),
     # SophiaG's official defaults; batch_size=0 derives the global batch's tokens, the trainer
     # refreshes the Hessian every update_interval steps and clips the estimate like the official
     # loop (grad_clip=1). Sophia-H: --config.optimizer.estimator=hutchinson.
