@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import pathlib
 import shutil
 import signal
@@ -139,10 +140,16 @@ class Checkpoints:
         preservation_policy=None if read_only else pp.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta"),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+    absl_logger = logging.getLogger("absl")  # Orbax warns that read-only means read-only
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR if read_only else level)
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=("state", "meta"),
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
+    finally:
+      absl_logger.setLevel(level)
 
   def steps(self) -> list[int]:
     """Finalized steps, oldest first."""
@@ -158,6 +165,10 @@ class Checkpoints:
       return False
     return self._manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def saving(self) -> bool:
+    """Whether an async save is still being written."""
+    return self._manager.is_saving_in_progress()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -188,10 +199,13 @@ class Checkpoints:
     saved = _as_plain(metadata)
     saved_params = saved["params"] if isinstance(saved, dict) else saved.params
     check_compatible(saved_params, abstract_params, f"{self.directory / str(step)} (params)")
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        {"params": abstract_params},
-        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract_params}),
-        partial_restore=True)))["state"]
+    target = {"params": abstract_params}
+    with ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as reader:
+      restored = reader.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))["state"]
     return restored["params"]
 
   def restore_latest(self, abstract_state: Any, *, at_step: int | None = None) -> Any | None:

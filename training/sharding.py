@@ -52,7 +52,7 @@ def _spec_for(logical: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   for name, dim in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
     mesh_axis = LOGICAL_RULES.get(name) if name else None
     fits = mesh_axis is not None and dim % mesh.shape[mesh_axis] == 0 and mesh.shape[mesh_axis] > 1
-    axes.append(mesh_axis if fits else None)
+    axes.append(mesh_axis if fits and mesh_axis not in axes else None)  # a mesh axis once
   return P(*axes)
 
 

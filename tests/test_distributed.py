@@ -1,0 +1,99 @@
+"""Multi-host start-up from the environment, and a two-process data-parallel run on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data.errors import UsageError
+from experiments import lm
+from training import checkpoint, distributed, loop
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+STEPS = 6
+
+
+@pytest.mark.parametrize("env, kind", [
+    ({}, "none"),
+    ({"SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"}, "none"),
+    ({"SLURM_NTASKS": "16", "SLURM_JOB_ID": "7"}, "none"),  # sbatch shell, not inside srun
+    ({"SLURM_NTASKS": "16", "SLURM_STEP_ID": "0"}, "slurm"),
+    ({"TPU_WORKER_HOSTNAMES": "10.0.0.2"}, "none"),
+    ({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}, "tpu_pod"),
+    ({"TRAINLAB_TPU_POD": "1"}, "tpu_pod"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
+      "SLURM_NTASKS": "16", "SLURM_STEP_ID": "0"}, "explicit"),
+    ({"TRAINLAB_DISTRIBUTED": "0", "TRAINLAB_TPU_POD": "1"}, "none"),
+])
+def test_detect_reads_the_environment(env, kind):
+  assert distributed.detect(env) == kind
+
+
+def test_partial_explicit_settings_are_a_usage_error():
+  with pytest.raises(UsageError, match="JAX_PROCESS_ID"):
+    distributed.detect({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
+  with pytest.raises(UsageError, match="must be in"):
+    distributed.maybe_initialize({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
+                                  "JAX_PROCESS_ID": "2"})
+
+
+def test_single_host_is_a_no_op():
+  assert distributed.maybe_initialize({}) == "none"
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir: pathlib.Path) -> list[subprocess.CompletedProcess]:
+  port, processes = _free_port(), []
+  for pid in range(2):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "launch.train", "--config", "experiments/lm.py:size=test",
+         f"--config.total_steps={STEPS}", "--config.log.every_steps=1",
+         "--config.eval.every_steps=0", "--config.checkpoint.every_steps=2",
+         "--workdir", str(workdir)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  results = []
+  for p in processes:
+    out, err = p.communicate(timeout=600)
+    results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+  return results
+
+
+def test_two_processes_train_like_one_then_save_and_restore(tmp_path):
+  first = _two_processes(tmp_path / "two")
+  assert [r.returncode for r in first] == [0, 0], first[0].stderr[-2000:] + first[1].stderr[-2000:]
+  summaries = [json.loads(r.stdout) for r in first]
+  assert summaries[0]["params_sha256"] == summaries[1]["params_sha256"]
+  assert "training to step" in first[0].stderr and "training to step" not in first[1].stderr
+
+  config = lm.get_config("size=test")
+  config.total_steps, config.log.every_steps, config.eval.every_steps = STEPS, 1, 0
+  loop.train(config, tmp_path / "one", progress=False)
+  losses = [[json.loads(l)["train_loss"] for l in (tmp_path / n / "metrics.jsonl").read_text()
+             .splitlines()] for n in ("two", "one")]
+  assert len(losses[0]) == STEPS
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+  # Both processes wrote one checkpoint; this single process restores it onto its device.
+  state = checkpoint.Checkpoints(tmp_path / "two", read_only=True).restore(
+      STEPS, loop.Trainer(config).abstract_state)
+  from training import metrics  # pylint: disable=import-outside-toplevel
+  assert metrics.params_sha256(state.params) == summaries[0]["params_sha256"]
+
+  again = _two_processes(tmp_path / "two")  # the rerun restores on two processes
+  assert [r.returncode for r in again] == [0, 0], again[0].stderr[-2000:]
+  assert f"at step {STEPS}" in again[0].stderr
+  assert json.loads(again[0].stdout)["params_sha256"] == summaries[0]["params_sha256"]
