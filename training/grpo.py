@@ -40,6 +40,7 @@ from training.optimizer import build_optimizer
 from training.state import TrainState
 
 ALLOCATIONS = ("uniform", "knapsack")
+_COMPILED: dict[str, tuple[Callable[..., Any], ...]] = {}  # config key -> jitted functions
 _WARM_STARTS: dict[str, tuple[Any, float]] = {}  # warm-start key -> (host params, final loss)
 HIST_EDGES = (2, 3, 5, 9, 17, 33, 65, 129)
 HIST_LABELS = tuple(f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}"
@@ -181,8 +182,7 @@ def validate(config: Any) -> None:
     _int_at_least(config, key, 0)
   low = _int_at_least(config, "rl.min_rollouts", 2)
   default = _int_at_least(config, "rl.rollouts_per_prompt", low)
-  high = _int_at_least(config, "rl.max_rollouts", default)
-  del high
+  _int_at_least(config, "rl.max_rollouts", default)
   _require(config.task.pool_size % config.rl.prompts_per_step == 0,
            f"task.pool_size={config.task.pool_size} is not a multiple of rl.prompts_per_step="
            f"{config.rl.prompts_per_step}; change one so epochs cover the pool exactly")
@@ -228,13 +228,21 @@ class GRPOTrainer:
                      context_len=self.prompt_len + self.answer_len)
     self.tx = build_optimizer(config)
     self.sft_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(config.sft.learning_rate))
-    apply_fn = self.model.apply
-    self.sample = jax.jit(functools.partial(generate, apply_fn, answer_len=self.answer_len,
-                                            temperature=rl.temperature))
-    self.greedy = jax.jit(functools.partial(generate, apply_fn, answer_len=self.answer_len,
-                                            temperature=0.0))
-    self.rl_step = jax.jit(self._rl_step, donate_argnums=0)
-    self.sft_step = jax.jit(self._sft_step, donate_argnums=(0, 1))
+    # The compiled functions read only the model, optimizer, rl and sft configs (never the seed
+    # or the allocation), so runs that share those share one compilation in this process.
+    key = json.dumps({k: v for k, v in config.to_dict().items()
+                      if k in ("model", "optimizer", "schedule", "total_steps", "rl", "sft")}
+                     | {"digits": [task.max_add_digits, task.max_mul_digits]}, sort_keys=True)
+    if key not in _COMPILED:
+      apply_fn = self.model.apply
+      _COMPILED[key] = (
+          jax.jit(functools.partial(generate, apply_fn, answer_len=self.answer_len,
+                                    temperature=rl.temperature)),
+          jax.jit(functools.partial(generate, apply_fn, answer_len=self.answer_len,
+                                    temperature=0.0)),
+          jax.jit(self._rl_step, donate_argnums=0),
+          jax.jit(self._sft_step, donate_argnums=(0, 1)))
+    self.sample, self.greedy, self.rl_step, self.sft_step = _COMPILED[key]
 
   def init_state(self) -> TrainState:
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))

@@ -8,7 +8,6 @@ Claims checked: knapsack allocation raises the share of rollouts with a non-zero
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 import matplotlib
@@ -47,12 +46,14 @@ def _series(result: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def run(ctx: Context) -> None:
   size = "test" if ctx.quick else "default"
-  seeds = range(ctx.num_seeds(3))
+  seeds = range(ctx.num_seeds(4))
   results = {}
   for seed in seeds:
     for allocation in ALLOCATIONS:
       config = rl.get_config(f"size={size},allocation={allocation}")
       config.seed = seed
+      if not ctx.quick:
+        config.total_steps = 80  # 10 epochs over the pool
       results[allocation, seed] = _train(ctx, config, f"{allocation}_seed{seed}")
   steps_per_epoch = config.task.pool_size // config.rl.prompts_per_step
   budget = config.rl.prompts_per_step * config.rl.rollouts_per_prompt
@@ -106,7 +107,7 @@ def run(ctx: Context) -> None:
   fig.savefig(plot, dpi=110)
 
   largest = sorted((tuple(x) + (s,) for s in seeds
-                    for x in results["knapsack", s]["largest_allocations"]),
+                    for x in results["knapsack", s]["largest_allocations"] if x[1] is not None),
                    key=lambda x: -x[0])[:8]
   largest_rows = [[n, "n/a" if p is None else f"{p:.3f}", f"`{prompt}`", s]
                   for n, p, prompt, s in largest]
@@ -115,7 +116,8 @@ def run(ctx: Context) -> None:
   se_diff = float(np.std(pass_diff, ddof=1) / np.sqrt(len(seeds))) if len(seeds) > 1 else np.inf
   if mean_gain >= 20:
     verdict_eff = (f"**reproduced**: knapsack raises the share of rollouts with a non-zero "
-                   f"advantage by {mean_gain:+.0f}% on average (paper: +20-40%)")
+                   f"advantage by {mean_gain:+.0f}% on average (paper: +20-40%)"
+                   f"{'; larger than the paper range' if mean_gain > 40 else ''}")
   elif mean_gain > 0:
     verdict_eff = (f"**partly reproduced**: the share rises by {mean_gain:+.0f}% on average, "
                    "below the paper's +20-40%")
@@ -178,9 +180,9 @@ prompt's previous epoch that the allocator saw):
 - +20-40% effective gradients: {verdict_eff}.
 - Better pass rate at equal compute: {verdict_pass}.
 
-Scale gap: the paper trains 7B-class LLMs (Qwen/Llama families) on math reasoning with 256
-prompts x 8 rollouts = 2,048 rollouts per step for hundreds of steps, budgets up to 128 per
-prompt. Here a {results["uniform", 0]["num_params"]:,}-parameter GPT on CPU solves short
+Scale gap: the paper trains 7B-class LLMs on math reasoning with 256 prompts x 8 rollouts =
+2,048 rollouts per step for hundreds of steps, bounds [2, 128] per prompt (it reports budgets
+up to 93 rollouts for hard prompts). Here a {results["uniform", 0]["num_params"]:,}-parameter GPT on CPU solves short
 arithmetic with {c.rl.prompts_per_step} prompts x {c.rl.rollouts_per_prompt} = {budget}
 rollouts per step for {c.total_steps} steps. The allocator is the paper's; the policy, task,
 and training length are not, so a pass-rate verdict here says little about the paper's
