@@ -151,6 +151,7 @@ class DomainEvaluator:
     self.config = config
     self.trainer = loop.Trainer(config)
     self._datasets: dict[str, Dataset] = {}
+    self._checkpoints: dict[pathlib.Path, checkpoint_lib.Checkpoints] = {}
 
   def _dataset(self, domain: str) -> Dataset:
     if domain not in self._datasets:
@@ -161,13 +162,16 @@ class DomainEvaluator:
     return self._datasets[domain]
 
   def params_at(self, run_dir: pathlib.Path, step: int) -> Any:
-    checkpoints = checkpoint_lib.Checkpoints(run_dir, read_only=True)
-    try:
-      # The full state, not `restore_params`: its PyTreeRestore does not match the manager's
-      # StandardCheckpointHandler for "state" (orbax 0.12.8 raises "no registered handler").
-      return checkpoints.restore(step, self.trainer.abstract_state).params
-    finally:
+    if run_dir not in self._checkpoints:
+      self._checkpoints[run_dir] = checkpoint_lib.Checkpoints(run_dir, read_only=True)
+    # The full state, not `restore_params`: its PyTreeRestore does not match the manager's
+    # StandardCheckpointHandler for "state" (orbax 0.12.8 raises "no registered handler").
+    return self._checkpoints[run_dir].restore(step, self.trainer.abstract_state).params
+
+  def close(self) -> None:
+    for checkpoints in self._checkpoints.values():
       checkpoints.close()
+    self._checkpoints.clear()
 
   def losses(self, params: Any, names: list[str]) -> dict[str, float]:
     result = {}
@@ -210,7 +214,7 @@ def run_stream(config: Any, workdir: str | pathlib.Path, *,
                progress: bool = True) -> dict[str, Any]:
   """Trains the stream in `workdir`, evaluating after every task; returns the loss matrix."""
   from training import loop  # pylint: disable=import-outside-toplevel
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).resolve()  # Orbax needs absolute checkpoint paths
   tasks = plan(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   stream_config = json.loads(json.dumps(config.to_dict()))
@@ -240,6 +244,8 @@ def run_stream(config: Any, workdir: str | pathlib.Path, *,
           "started_from": task.config.checkpoint.branch_from or None,
           "started_from_step": task.config.checkpoint.branch_step if task.index else None,
           "losses": evaluator.losses(params, seen)}
+    if evaluator is not None:
+      evaluator.close()  # the next task's training may not see a stale manager
     record["tasks"].append(rows[task.index])
     record["trained"] = record.get("trained", []) + ([task.index] if trained else [])
     _write_json(matrix_path, record)
@@ -254,7 +260,7 @@ def trajectory(config: Any, workdir: str | pathlib.Path) -> list[dict[str, Any]]
   start of the stream: `task * steps_per_task + step - task start`) and `losses`. A task's
   first point is the state it started from. Cached in `WORKDIR/trajectory.json`.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).resolve()
   cache = workdir / "trajectory.json"
   if cache.exists():
     return json.loads(cache.read_text())
@@ -275,5 +281,6 @@ def trajectory(config: Any, workdir: str | pathlib.Path) -> list[dict[str, Any]]
       points.append({"task": task.index, "step": step,
                      "stream_step": task.index * steps_per_task + step - task.start_step,
                      "losses": evaluator.losses(params, names)})
+  evaluator.close()
   _write_json(cache, points)
   return points

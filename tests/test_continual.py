@@ -1,0 +1,157 @@
+"""Continual pre-training: task chaining, the loss matrix, replay batches, resumable reruns."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from data import make_dataset
+from experiments import continual as continual_configs
+from training import checkpoint, continual, loop
+
+DOMAINS = "stdlib-code,pydoc-english"
+STEPS = 10  # per task; the infinite schedule anneals over the last 2
+
+
+def _flags(workdir: pathlib.Path) -> tuple[str, ...]:
+  return ("--config", f"experiments/continual.py:schedule=infinite,steps={STEPS}",
+          f"--config.stream.domains={DOMAINS}", "--config.stream.checkpoint_every=2",
+          "--config.eval.num_batches=2", "--config.log.every_steps=1", "--workdir", str(workdir))
+
+
+def _config():
+  config = continual_configs.get_config(f"schedule=infinite,steps={STEPS}")
+  config.stream.domains = DOMAINS
+  config.stream.checkpoint_every = 2
+  config.eval.num_batches = 2
+  config.log.every_steps = 1
+  return config
+
+
+@pytest.fixture(scope="module", name="stream")
+def stream_fixture(tmp_path_factory):
+  """A two-task infinite-schedule stream trained once through the CLI."""
+  from conftest import run_module  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("stream")
+  result = run_module("launch.continual", *_flags(workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, json.loads(result.stdout)
+
+
+def _params(run_dir: pathlib.Path, step: int, trainer: loop.Trainer):
+  checkpoints = checkpoint.Checkpoints(run_dir, read_only=True)
+  state = checkpoints.restore(step, trainer.abstract_state)
+  checkpoints.close()
+  return state
+
+
+def test_loss_matrix_file(stream):
+  workdir, printed = stream
+  record = json.loads((workdir / "loss_matrix.json").read_text())
+  assert record == {k: v for k, v in printed.items() if k != "workdir"}
+  assert record["domains"] == DOMAINS.split(",")
+  assert [sorted(r["losses"]) for r in record["tasks"]] == [
+      ["stdlib-code"], ["pydoc-english", "stdlib-code"]]
+  assert record["trained"] == [0, 1]
+  for row in record["tasks"]:  # 10 updates of a byte model: below uniform (ln 256), finite
+    assert all(0 < v < np.log(256) for v in row["losses"].values())
+  md = (workdir / "loss_matrix.md").read_text()
+  assert "| 1 (pydoc-english) |" in md and f"{record['tasks'][1]['losses']['stdlib-code']:.4f}" in md
+  # Task 1 continues the step counter from task 0's pre-anneal step and anneals again.
+  t0, t1 = record["tasks"]
+  assert (t0["end_step"], t0["pre_anneal_step"]) == (STEPS, STEPS - 2)
+  assert (t1["start_step"], t1["end_step"], t1["started_from_step"]) == (STEPS - 2, 2 * STEPS - 2,
+                                                                         STEPS - 2)
+
+
+def test_task_two_resumes_from_pre_anneal_state(stream):
+  """Two updates of task 1's own trainer from task 0's pre-anneal state reproduce task 1's
+  checkpoint two steps in; the pre-anneal state differs from task 0's deployable one."""
+  workdir, _ = stream
+  tasks = continual.plan(_config(), workdir.resolve())
+  task0, task1 = tasks
+  assert task1.config.checkpoint.branch_from == str(task0.run_dir)
+  trainer = loop.Trainer(task1.config)
+  pre_anneal = _params(task0.run_dir, STEPS - 2, trainer)
+  deployable = _params(task0.run_dir, STEPS, trainer)
+  assert not np.allclose(pre_anneal.params["embed"]["embedding"],
+                         deployable.params["embed"]["embedding"])
+  state = pre_anneal
+  for step in (STEPS - 2, STEPS - 1):
+    state, metrics = trainer.train_step(state, trainer.step_batch(step))
+    assert float(metrics["lr"]) == pytest.approx(task1.config.schedule.constant_value, rel=1e-6)
+  saved = _params(task1.run_dir, STEPS, trainer)
+  assert int(saved.step) == STEPS
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               jax.device_get(state.params), jax.device_get(saved.params))
+  # The deployable model in the matrix is task 1's final (annealed) state.
+  evaluator = continual.DomainEvaluator(task0.config)
+  final = evaluator.params_at(task1.run_dir, task1.end_step)
+  losses = evaluator.losses(final, ["stdlib-code"])
+  evaluator.close()
+  record = json.loads((workdir / "loss_matrix.json").read_text())
+  assert losses["stdlib-code"] == pytest.approx(record["tasks"][1]["losses"]["stdlib-code"],
+                                                rel=1e-6)
+
+
+def test_rerun_after_completion_trains_nothing(stream, run_module):
+  workdir, _ = stream
+  before = {p: p.read_text() for p in workdir.glob("task_*/metrics.jsonl")}
+  steps_before = sorted(p.name for p in workdir.glob("task_*/checkpoints/*"))
+  result = run_module("launch.continual", *_flags(workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout)["trained"] == []
+  assert {p: p.read_text() for p in workdir.glob("task_*/metrics.jsonl")} == before
+  assert sorted(p.name for p in workdir.glob("task_*/checkpoints/*")) == steps_before
+
+
+def test_other_config_in_same_workdir_is_a_usage_error(stream, run_module):
+  workdir, _ = stream
+  result = run_module("launch.continual", *_flags(workdir), "--config.stream.replay_fraction=0.25")
+  assert result.returncode == 2 and "different config" in result.stderr
+
+
+def test_plan_chains_tasks_by_schedule(tmp_path):
+  config = continual_configs.get_config("schedule=cosine,steps=20")
+  tasks = continual.plan(config, tmp_path)
+  assert [t.domain for t in tasks] == continual_configs.DEFAULT_DOMAINS.split(",")
+  assert [(t.start_step, t.end_step) for t in tasks] == [(0, 20), (20, 40), (40, 60)]
+  assert [t.config.schedule.num_cycles for t in tasks] == [1, 2, 3]
+  assert [t.config.checkpoint.branch_step for t in tasks] == [-1, 20, 40]
+  config = continual_configs.get_config("schedule=infinite_invsqrt,steps=20")
+  tasks = continual.plan(config, tmp_path)
+  assert [(t.start_step, t.end_step, t.pre_anneal_step) for t in tasks] == [
+      (0, 20, 16), (16, 36, 32), (32, 52, 48)]
+  assert [(t.config.schedule.warmup_steps, t.config.schedule.cooldown_steps) for t in tasks] == [
+      (2, 10), (0, 0), (0, 0)]
+  assert [t.config.checkpoint.branch_step for t in tasks] == [-1, 16, 32]
+  assert all(t.config.checkpoint.keep_every == 4 for t in tasks)  # gcd(20, 4): keeps 16, 32
+
+
+def test_replay_batches_are_pure_and_mix_earlier_domains():
+  config = continual_configs.get_config("schedule=cosine,steps=20,replay=0.25")
+  task = continual.plan(config, "/tmp/unused")[2]  # c-headers, replaying the two before it
+  assert task.config.data.replay == "stdlib-code,pydoc-english"
+  a, b = loop.build_dataset(task.config), loop.build_dataset(task.config)
+  batch = a.train_batch(7)
+  for key in batch:
+    np.testing.assert_array_equal(batch[key], b.train_batch(7)[key])
+  own = make_dataset("c-headers", seed=0, batch_size=8, seq_len=32)
+  np.testing.assert_array_equal(batch["inputs"][:6], own.train_batch(7)["inputs"][:6])
+  for row, name in ((6, "stdlib-code"), (7, "pydoc-english")):
+    earlier = make_dataset(name, seed=0, batch_size=1, seq_len=32)
+    np.testing.assert_array_equal(batch["inputs"][row], earlier.train_batch(7)["inputs"][0])
+  assert not np.array_equal(a.train_batch(8)["inputs"], batch["inputs"])
+
+
+def test_quick_reproduction_writes_report_and_plots(run_module, tmp_path):
+  result = run_module("launch.reproduce", "infinite_lr", "--quick", "--out", str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = (tmp_path / "infinite_lr.md").read_text()
+  assert "## Verdicts" in report and "| repeated cosine |" in report and "Scale gap" in report
+  for name in ("stream", "same_data"):
+    assert (tmp_path / f"infinite_lr_{name}.png").stat().st_size > 1000
