@@ -85,6 +85,7 @@ def build_optimizer(config: Any) -> optax.GradientTransformation:
   if config.optimizer.name in ECO_OPTIMIZERS:
     builder, guard = _eco_partition(config.optimizer.name), _apply_if_finite_quantized
     kwargs, dtype = {"seed": config.seed, **kwargs}, jnp.float32
+    builder(config.optimizer.learning_rate, **kwargs)  # bad arguments raise here, not in jit
   static = tuple(k for k, v in kwargs.items() if _is_static(v) or k == "seed")
   inner = optax.inject_hyperparams(builder, static_args=static, hyperparam_dtype=dtype)(
       learning_rate=schedule_from_config(config), **kwargs)
