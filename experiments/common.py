@@ -30,6 +30,9 @@ OPTIMIZER_DEFAULTS = {
     "eco_adamw": dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, quantizer="fp8_e4m3",
                       rounding="stochastic", mode="eco"),
     "eco_sgdm": dict(momentum=0.9, quantizer="fp8_e4m3", rounding="stochastic", mode="eco"),
+    # ECO's baseline: AdamW on float32 master weights, forward pass on a quantized copy.
+    "adamw_master": dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                         master_weights_quantizer="fp8_e4m3"),
     # SophiaG's official defaults; batch_size=0 derives the global batch's tokens, the trainer
     # refreshes the Hessian every update_interval steps and clips the estimate like the official
     # loop (grad_clip=1). Sophia-H: --config.optimizer.estimator=hutchinson.
@@ -43,7 +46,8 @@ def optimizer_config(name: str, learning_rate: float,
   if name not in OPTIMIZER_DEFAULTS:
     raise UsageError(f"opt={name!r} has no config defaults; use one of "
                      f"{', '.join(OPTIMIZER_DEFAULTS)} or set --config.optimizer.* by hand")
-  return ml_collections.ConfigDict(dict(name=name, learning_rate=learning_rate,
+  optimizer_name = "adamw" if name == "adamw_master" else name
+  return ml_collections.ConfigDict(dict(name=optimizer_name, learning_rate=learning_rate,
                                         grad_clip_norm=grad_clip_norm,
                                         **OPTIMIZER_DEFAULTS[name]))
 
