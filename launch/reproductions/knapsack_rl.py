@@ -164,6 +164,13 @@ Effective-gradient gain of knapsack over uniform (paired by seed, steps after ep
 {", ".join(f"{g:+.1f}%" for g in gain_pct)} (mean {mean_gain:+.1f}%). Final held-out pass
 rate difference (knapsack - uniform, points): {", ".join(f"{d:+.1f}" for d in pass_diff)}.
 
+Reading the table: both arms spend the same rollouts per step. Knapsack's share of *prompts*
+with a mixed group is {"lower" if np.mean([eff_prompt["knapsack", s] for s in seeds]) < np.mean([eff_prompt["uniform", s] for s in seeds]) else "not lower"}
+than uniform's because it gives {c.rl.min_rollouts} rollouts to prompts whose last-epoch rate
+was 0 or 1 (and many groups of {c.rl.min_rollouts} are all-equal), while its share of
+*rollouts* with a non-zero advantage rises because most of the budget moves to prompts with
+mixed outcomes. The per-step curves are noisy; the seeds differ mostly in the warm start.
+
 ![curves](./{plot.name})
 
 Left: share of the step's rollouts whose group rewards are not all equal (dotted line: end of
