@@ -184,6 +184,8 @@ class DomainEvaluator:
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
+  if jax.process_index() != 0:
+    return
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
   tmp.replace(path)
@@ -249,7 +251,8 @@ def run_stream(config: Any, workdir: str | pathlib.Path, *,
     record["tasks"].append(rows[task.index])
     record["trained"] = record.get("trained", []) + ([task.index] if trained else [])
     _write_json(matrix_path, record)
-    (workdir / "loss_matrix.md").write_text(matrix_markdown(record))
+    if jax.process_index() == 0:
+      (workdir / "loss_matrix.md").write_text(matrix_markdown(record))
   return record
 
 
