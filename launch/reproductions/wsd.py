@@ -31,6 +31,8 @@ SWEEP_POWER_A = (0.05, 0.1, 0.2)
 FIXED_BUDGET = {
     "cosine to 10%": ("cosine", dict(end=0.1)),
     "cosine to 0": ("cosine", dict(end=0.0)),
+    # Guards against a noisy sweep: cosine at the learning rate the WSD sweep picked.
+    "cosine to 10% at WSD's lr": ("cosine", dict(end=0.1, lr_from="wsd")),
     **{f"WSD {int(frac * 100)}% {shape}": ("wsd", dict(decay=frac, shape=shape))
        for frac in (0.1, 0.2) for shape in ("linear", "1-sqrt", "exponential")},
 }
@@ -125,7 +127,9 @@ def _part_a(ctx: Context, setup: _Setup, best: dict[str, float]):
   results = {}
   for name, (family, kwargs) in setup.fixed.items():
     for seed in setup.seeds:
-      config = _config(setup, family, steps=setup.budget, lr=best[family], seed=seed, **kwargs)
+      kwargs = dict(kwargs)
+      lr = best[kwargs.pop("lr_from", family)]
+      config = _config(setup, family, steps=setup.budget, lr=lr, seed=seed, **kwargs)
       results[name, seed] = ctx.train(config, f"a_{_slug(name)}_seed{seed}")
   return results
 
@@ -174,11 +178,15 @@ def _part_b(ctx: Context, setup: _Setup, best: dict[str, float], results_a):
   return results
 
 
-def _drop(result: dict[str, Any], start: int, decay: int) -> tuple[float, float]:
-  """Eval-loss drop over the decay `[start, start + decay]` and over the window before it."""
-  before = _eval_at(result, start - decay) - _eval_at(result, start)
-  during = _eval_at(result, start) - _eval_at(result, start + decay)
-  return before, during
+def _drop(result: dict[str, Any], constant: dict[str, Any], start: int,
+          decay: int) -> tuple[float, float]:
+  """Eval-loss drop over `[start, start + decay]`: at constant lr, and with the decay.
+
+  `constant` is the stable run of part (b): same peak lr, warmup, seed and data, so it is the
+  same run as `result` up to `start` and holds the learning rate where `result` decays.
+  """
+  window = lambda r: _eval_at(r, start) - _eval_at(r, start + decay)
+  return window(constant), window(result)
 
 
 def _plot_fixed_budget(ctx: Context, setup: _Setup, results) -> str:
@@ -208,9 +216,10 @@ def _plot_branching(ctx: Context, setup: _Setup, results) -> str:
     for kind, style in (("branch", "-"), ("cosine", ":")):
       steps = _eval_curve(results[f"{kind} {budget}", setup.seeds[0]])[0]
       mean = np.mean([_eval_curve(results[f"{kind} {budget}", s])[1] for s in setup.seeds], axis=0)
-      if kind == "branch" and budget != longest:
+      if kind == "branch" and budget != longest:  # joined to the stable run at the branch
         start = round((1 - BRANCH_DECAY) * budget)
-        steps, mean = steps[steps > start], mean[steps > start]
+        at_start = np.mean([_eval_at(results["stable", s], start) for s in setup.seeds])
+        steps, mean = np.r_[start, steps[steps > start]], np.r_[at_start, mean[steps > start]]
       keep = steps >= setup.budget // 8
       label = (f"WSD stable run + its own decay ({budget})" if kind == "branch" and
                budget == longest else f"{kind} {budget}")
@@ -266,6 +275,7 @@ def run(ctx: Context) -> None:
   results_a = _part_a(ctx, setup, best)
   results_c = _part_c(ctx, setup, best, results_a)
   results_b = _part_b(ctx, setup, best, results_a)
+  constant_until = round((1 - BRANCH_DECAY) * max(setup.branch_budgets))
   fixed_png = _plot_fixed_budget(ctx, setup, results_a)
   branch_png = _plot_branching(ctx, setup, results_b)
   power_png = _plot_power(ctx, setup, results_c)
@@ -276,12 +286,13 @@ def run(ctx: Context) -> None:
   for name, (family, kwargs) in setup.fixed.items():
     finals = _finals(results_a, name, seeds)
     drop = ""
-    if family == "wsd":
+    if family == "wsd" and setup.budget <= constant_until:
       decay = round(kwargs["decay"] * setup.budget)
-      pairs = np.array([_drop(results_a[name, s], setup.budget - decay, decay) for s in seeds])
+      pairs = np.array([_drop(results_a[name, s], results_b["stable", s],
+                              setup.budget - decay, decay) for s in seeds])
       drops[name] = pairs.mean(axis=0)
       drop = f"{drops[name][0]:.3f} → {drops[name][1]:.3f}"
-    rows_a.append([name, f"{best[family]:g}", mean_std(finals),
+    rows_a.append([name, f"{best[kwargs.get('lr_from', family)]:g}", mean_std(finals),
                    "—" if name == "cosine to 10%" else _paired(finals, reference), drop])
   wsd_names = [k for k, (f, _) in setup.fixed.items() if f == "wsd"]
   best_wsd = min(wsd_names, key=lambda k: _finals(results_a, k, seeds).mean())
@@ -325,6 +336,11 @@ def run(ctx: Context) -> None:
                    _sign_verdict(power_f - wsd_f, "Power better", "Power worse")])
 
   num_params = results_a["cosine to 10%", seeds[0]]["num_params"]
+  grids = {"cosine": SWEEP_LRS["cosine"], "wsd": SWEEP_LRS["wsd"], "power_a": SWEEP_POWER_A}
+  at_edge = [k for k, grid in grids.items() if not ctx.quick and best[k] in (grid[0], grid[-1])]
+  edge_text = (f"The chosen value is at the edge of the grid for {', '.join(at_edge)}: the "
+               "optimum may lie outside it, and a one-seed sweep is noisy (compare the cosine "
+               "row at WSD's learning rate in (a))." if at_edge else "")
   sweep_text = (markdown_table(["family", *["value: final eval loss"] * len(sweep_rows[0][1:])],
                                sweep_rows) if sweep_rows else "(skipped in --quick)")
   ctx.write_report("WSD, branched decays and the Power scheduler on a tiny GPT", f"""
@@ -350,13 +366,16 @@ value is used for every schedule of the family, at every budget.
 
 {sweep_text}
 
+{edge_text}
+
 ### (a) Fixed budget: cosine vs WSD
 
 {markdown_table(["schedule", "peak lr", "final eval loss", "Δ vs cosine to 10% (paired)",
-                 "eval-loss drop: window before decay → decay window"], rows_a)}
+                 "eval-loss drop over [T-D, T]: constant lr → decay"], rows_a)}
 
-The last column is the mean eval-loss decrease over the decay window `[T - D, T]` and over the
-equally long window just before it (constant learning rate).
+The last column is the mean eval-loss decrease over the decay window `[T - D, T]`, first for
+the stable run of part (b) (the same run up to `T - D`: identical seed, data, warmup and peak
+lr; it keeps the peak lr through that window), then for the WSD run, which decays there.
 
 ![fixed budget](./{fixed_png})
 
@@ -391,8 +410,8 @@ Seed noise: the standard deviation of the final eval loss across seeds averages
 of the paired differences.
 
 1. *The loss drops sharply once the decay starts*: over the decay window the eval loss falls
-   {", ".join(f"{k}: {r:.1f}x" for k, r in sharp.items())} as much as over the equally long
-   constant-learning-rate window before it.
+   {", ".join(f"{k}: {r:.1f}x" for k, r in sharp.items()) or "(not measured)"} as much as
+   the same run's continuation at constant learning rate falls over the same steps.
    {"**Supported.**" if sharp and min(sharp.values()) > 1.5 else "**Not clearly supported.**"}
 2. *WSD with a 10-20% decay matches or beats cosine at the same budget*: best WSD
    ({best_wsd}) vs best cosine ({best_cosine}): {_paired(wsd_vs_cos, 0 * wsd_vs_cos)}
