@@ -20,6 +20,8 @@ from experiments import lm
 from launch import branch
 from training import checkpoint, loop
 
+# Orbax leaves read coroutines of a failed (corrupt) restore for the garbage collector.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 12
 FLAGS = ("--config", "experiments/lm.py:size=test", f"--config.total_steps={STEPS}",
@@ -121,10 +123,12 @@ def test_sigterm_saves_the_current_step_and_the_rerun_continues(reference, tmp_p
   assert final["params_sha256"] == reference[0]["params_sha256"]
 
 
-def _two_checkpoints(workdir: pathlib.Path) -> loop.Trainer:
-  config = _config(total_steps=4)
-  loop.train(config, workdir, progress=False)
-  return loop.Trainer(config)
+@pytest.fixture(scope="module", name="trained")
+def trained_fixture(tmp_path_factory):
+  """A finished 4-step run with checkpoints at steps 2 and 4 (tests only read it)."""
+  workdir = tmp_path_factory.mktemp("trained")
+  loop.train(_config(total_steps=4), workdir, progress=False)
+  return workdir
 
 
 def _state_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -132,28 +136,30 @@ def _state_file(step_dir: pathlib.Path) -> pathlib.Path:
   return max(files, key=lambda p: p.stat().st_size)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "missing_item"])
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd, damage):
-  trainer = _two_checkpoints(tmp_path)
+def test_corrupt_latest_checkpoints_fall_back_to_the_previous_complete_one(tmp_path, capfd):
+  config = _config(total_steps=6)
+  loop.train(config, tmp_path, progress=False)
+  trainer = loop.Trainer(config)
   ckpts = checkpoint.Checkpoints(tmp_path)
-  assert ckpts.steps() == [2, 4]
-  good_two = jax.device_get(ckpts.restore(2, trainer.abstract_state))
-  if damage == "truncate":
-    target = _state_file(tmp_path / "checkpoints" / "4")
-    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
-  else:
-    import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")
+  assert ckpts.steps() == [4, 6]
+  good = jax.device_get(ckpts.restore(4, trainer.abstract_state))
+  target = _state_file(tmp_path / "checkpoints" / "6")  # a truncated data file
+  target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
   state = ckpts.restore_latest(trainer.abstract_state)
-  assert int(state.step) == 2
-  jax.tree.map(np.testing.assert_array_equal, good_two, jax.device_get(state))
-  warnings = [l for l in capfd.readouterr().err.splitlines() if "step 4 is unreadable" in l]
-  assert len(warnings) == 1
-  assert ckpts.steps() == [2]
-  assert len(list((tmp_path / "checkpoints_corrupt").glob("4-*"))) == 1  # moved, not deleted
+  assert int(state.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, good, jax.device_get(state))
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")  # a missing item
+  assert ckpts.restore_latest(trainer.abstract_state) is None
+  errors = capfd.readouterr().err.splitlines()
+  for step in (6, 4):
+    assert len([l for l in errors if f"step {step} is unreadable" in l]) == 1
+    assert len(list((tmp_path / "checkpoints_corrupt").glob(f"{step}-*"))) == 1  # not deleted
+  assert ckpts.steps() == []
   ckpts.close()
-  summary = loop.train(_config(total_steps=6), tmp_path, progress=False)  # trains 2 -> 6
-  assert summary["steps"] == 6 and checkpoint.Checkpoints(tmp_path, read_only=True).steps()[-1] == 6
+  summary = loop.train(config, tmp_path, progress=False)  # from scratch; saves 4 and 6 anew
+  assert summary["steps"] == 6
+  assert checkpoint.Checkpoints(tmp_path, read_only=True).steps() == [4, 6]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -161,8 +167,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capf
     ({"optimizer.name": "sgd", "optimizer.momentum": 0.9, "optimizer.nesterov": False,
       "optimizer.weight_decay": 0.0}, "lacks"),
 ])
-def test_mismatched_checkpoint_is_a_usage_error_and_stays(tmp_path, change, message):
-  _two_checkpoints(tmp_path)
+def test_mismatched_checkpoint_is_a_usage_error_and_stays(trained, change, message):
   config = _config(total_steps=4)
   for key in ("b1", "b2", "eps"):
     if "optimizer.name" in change:
@@ -170,16 +175,15 @@ def test_mismatched_checkpoint_is_a_usage_error_and_stays(tmp_path, change, mess
   for key, value in change.items():
     section, leaf = key.split(".")
     config[section][leaf] = value
-  before = sorted(str(p) for p in (tmp_path / "checkpoints").rglob("*"))
+  before = sorted((str(p), p.stat().st_size) for p in trained.rglob("*"))
   with pytest.raises(UsageError, match=message):
-    loop.train(config, tmp_path, progress=False)
-  assert sorted(str(p) for p in (tmp_path / "checkpoints").rglob("*")) == before
+    loop.train(config, trained, progress=False)
+  assert sorted((str(p), p.stat().st_size) for p in trained.rglob("*")) == before
 
 
-def test_mismatch_exits_2_with_one_line(run_module, tmp_path):
-  _two_checkpoints(tmp_path)
+def test_mismatch_exits_2_with_one_line(run_module, trained):
   result = run_module("launch.train", *FLAGS[:2], "--config.model.d_model=64",
-                      "--config.total_steps=4", "--workdir", str(tmp_path))
+                      "--config.total_steps=4", "--workdir", str(trained))
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: checkpoint ")
   assert "Traceback" not in result.stderr
@@ -200,11 +204,11 @@ def test_branch_from_continues_the_schedule_exactly(tmp_path):
   assert _logged_steps(tmp_path / "branch") == [4, 5, 6]
 
 
-def test_init_from_loads_parameters_only(tmp_path):
-  trainer = _two_checkpoints(tmp_path / "source")
-  saved = checkpoint.Checkpoints(tmp_path / "source", read_only=True)
-  source_params = jax.device_get(saved.restore(4, trainer.abstract_state).params)
-  config = _config(total_steps=4, **{"checkpoint.init_from": str(tmp_path / "source")})
+def test_init_from_loads_parameters_only(trained, tmp_path):
+  config = _config(total_steps=4)
+  saved = checkpoint.Checkpoints(trained, read_only=True)
+  source_params = jax.device_get(saved.restore(4, loop.Trainer(config).abstract_state).params)
+  config.checkpoint.init_from = str(trained)
   state, origin = checkpoint.restore_or_init(
       loop.Trainer(config), config, checkpoint.Checkpoints(tmp_path / "new"))
   assert origin.startswith("initialized parameters") and int(state.step) == 0

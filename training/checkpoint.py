@@ -136,14 +136,14 @@ class Checkpoints:
     if read_only and not self.directory.is_dir():
       raise UsageError(f"no checkpoints at {self.directory}; pass a run folder that has a "
                        f"{CHECKPOINT_DIR}/ subfolder")
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=None if read_only else pp.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only)
     absl_logger = logging.getLogger("absl")  # Orbax warns that read-only means read-only
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR if read_only else level)
     try:
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=None if read_only else pp.AnyPreservationPolicy(policies),
+          enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+          cleanup_tmp_directories=not read_only)
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_names=("state", "meta"),
           item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -245,6 +245,13 @@ class Checkpoints:
     self._manager.reload()
 
 
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [k for key in set(a) | set(b)
+            for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+  return [] if a == b else [prefix.rstrip(".")]
+
+
 def open_for(config: Any, workdir: str | pathlib.Path) -> Checkpoints:
   """The run folder's own checkpoints, with the config's cadence and retention."""
   c = config.checkpoint
@@ -263,7 +270,17 @@ def restore_or_init(trainer: Any, config: Any, own: Checkpoints) -> tuple[Any, s
   c = config.checkpoint
   state = own.restore_latest(trainer.abstract_state)
   if state is not None:
-    return state, f"resumed from {own.directory} at step {int(state.step)}"
+    step = int(state.step)
+    try:
+      saved_config = own.meta(step).get("config")
+    except Exception:  # pylint: disable=broad-except
+      saved_config = None
+    current = json.loads(json.dumps(config.to_dict()))
+    if saved_config is not None and saved_config != current and _is_main():
+      changed = sorted(_diff_keys(saved_config, current))
+      print(f"warning: resuming step {step} of {own.directory} with a changed config "
+            f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})", file=sys.stderr)
+    return state, f"resumed from {own.directory} at step {step}"
   for key in ("resume_from", "branch_from"):
     source = c.get(key, "")
     if not source:
