@@ -119,8 +119,8 @@ def _sync(name: str) -> None:
 class Checkpoints:
   """The checkpoints of one run folder.
 
-  Saves happen at steps that are multiples of `every_steps` or of `keep_every` (and whenever
-  `save(..., force=True)` is called); the last `keep` steps and every multiple of
+  `should_save(step)` is true at multiples of `every_steps` or of `keep_every` (the loop also
+  saves at the end and on preemption); the last `keep` steps and every multiple of
   `keep_every` survive pruning. `read_only=True` opens another run's checkpoints to branch or
   resume from without ever writing or pruning there.
   """
