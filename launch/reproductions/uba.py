@@ -75,6 +75,11 @@ def _config(model: str, data: str, label: str, steps: int, lr: float,
   return config
 
 
+def _ran(study: dict[str, Any], label: str, steps: int) -> bool:
+  """False for the (schedule, budget) cells the study leaves out (`skip`, for time)."""
+  return (label, steps) not in study.get("skip", ())
+
+
 def _run_name(model: str, label: str, steps: int, lr: float, seed: int) -> str:
   slug = label.split(" (")[0].replace(" ", "_").replace("=", "")
   return f"{model}_{slug}_T{steps}_lr{lr:g}_seed{seed}"
@@ -110,7 +115,9 @@ def _bitwise_check(results: dict, model: str, study: dict, seeds: range) -> str 
   same_hash = same_acc = 0
   max_acc_gap = 0.0
   total = 0
-  for steps in study["budgets"]:
+  budgets = [b for b in study["budgets"] if _ran(study, "cosine", b)
+             and _ran(study, "uba phi=2", b)]
+  for steps in budgets:
     for seed in seeds:
       a, b = results[model, "cosine", steps, seed], results[model, "uba phi=2", steps, seed]
       if a["lr"] != b["lr"]:
@@ -120,7 +127,7 @@ def _bitwise_check(results: dict, model: str, study: dict, seeds: range) -> str 
       same_acc += a["final_eval_accuracy"] == b["final_eval_accuracy"]
       max_acc_gap = max(max_acc_gap, abs(a["final_eval_accuracy"] - b["final_eval_accuracy"]))
   differ, worst = 0, 0.0
-  for steps in study["budgets"]:
+  for steps in budgets:
     lr = results[model, "cosine", steps, seeds[0]]["lr"]
     grid = np.arange(steps + 1)
     cosine = np.asarray(jax.vmap(schedules.build_schedule("warmup_cosine", lr, steps))(grid))
@@ -130,7 +137,7 @@ def _bitwise_check(results: dict, model: str, study: dict, seeds: range) -> str 
   return (f"{model}: {total} run pairs at equal learning rate; final parameters bitwise equal "
           f"(SHA-256) in {same_hash}/{total}, test accuracy equal in {same_acc}/{total}, "
           f"largest accuracy gap {max_acc_gap:.4f}. The two float32 schedules differ at "
-          f"{differ} of {sum(b + 1 for b in study['budgets'])} steps by at most {worst:.1e} of "
+          f"{differ} of {sum(b + 1 for b in budgets)} steps by at most {worst:.1e} of "
           "the peak (rounding: the same value computed in a different order)")
 
 
@@ -147,11 +154,12 @@ def _plot(ctx: Context, results: dict, studies: dict, seeds: range) -> pathlib.P
   fig, axes = plt.subplots(1, len(studies), figsize=(6.5 * len(studies), 4.6), squeeze=False)
   for ax, (model, study) in zip(axes.flat, studies.items()):
     for i, label in enumerate(study["schedules"]):
+      budgets = [b for b in study["budgets"] if _ran(study, label, b)]
       acc = np.array([[results[model, label, b, s]["final_eval_accuracy"] for s in seeds]
-                      for b in study["budgets"]])
+                      for b in budgets])
       style = dict(ls="-" if label.startswith("uba") else "--", marker="o" if label.startswith(
           "uba") else "s", ms=4, lw=1.3, color=plt.cm.tab10(i % 10))
-      ax.errorbar(study["budgets"], acc.mean(1), yerr=acc.std(1, ddof=1) if len(seeds) > 1
+      ax.errorbar(budgets, acc.mean(1), yerr=acc.std(1, ddof=1) if len(seeds) > 1
                   else None, label=label, capsize=2, **style)
     ax.set_xscale("log")
     ax.set_xticks(study["budgets"], [str(b) for b in study["budgets"]])
@@ -185,25 +193,27 @@ def _verdicts(results: dict, studies: dict, seeds: range) -> list[str]:
   for model, study in studies.items():
     acc = {(label, b): np.mean([results[model, label, b, s]["final_eval_accuracy"]
                                 for s in seeds])
-           for label in study["schedules"] for b in study["budgets"]}
+           for label in study["schedules"] for b in study["budgets"] if _ran(study, label, b)}
     sd = {(label, b): np.std([results[model, label, b, s]["final_eval_accuracy"] for s in seeds],
                              ddof=1) if len(seeds) > 1 else 0.0
-          for label in study["schedules"] for b in study["budgets"]}
+          for label in study["schedules"] for b in study["budgets"] if _ran(study, label, b)}
     common = [l for l in study["schedules"] if l in COMMON]
     ubas = [l for l in study["schedules"] if l in UBA]
     if not common or not ubas:
       continue
     best_phis = []
     for b in study["budgets"]:
-      bc = max(common, key=lambda l, b=b: acc[l, b])
-      bu = max(ubas, key=lambda l, b=b: acc[l, b])
+      bc = max((l for l in common if (l, b) in acc), key=lambda l, b=b: acc[l, b])
+      bu = max((l for l in ubas if (l, b) in acc), key=lambda l, b=b: acc[l, b])
+      left = [l for l in study["schedules"] if (l, b) not in acc]
       best_phis.append(bu)
       gap = acc[bu, b] - acc[bc, b]
       noise = max(sd[bu, b], sd[bc, b])
       word = ("beats" if gap > noise else "trails" if gap < -noise else "matches (within one std)")
       lines.append(f"- {model.upper()}, T={b}: best UBA ({bu}, {acc[bu, b]:.4f}) {word} the best "
                    f"common schedule ({bc}, {acc[bc, b]:.4f}); gap {gap:+.4f}, largest seed std "
-                   f"{noise:.4f}.")
+                   f"{noise:.4f}" + (f" (not run at this budget: {', '.join(left)})."
+                                      if left else "."))
     moves = "moves" if len(set(best_phis)) > 1 else "does not move"
     lines.append(f"- {model.upper()}: the best phi {moves} with the budget ("
                  f"{', '.join(f'T={b}: {p[8:]}' for b, p in zip(study['budgets'], best_phis))}"
@@ -218,6 +228,8 @@ def train_model(ctx: Context, model: str, study: dict[str, Any], seeds: range,
   for label in study["schedules"]:
     lr = lrs[label][0]
     for steps in study["budgets"]:
+      if not _ran(study, label, steps):
+        continue
       for seed in seeds:
         config = _config(model, study["data"], label, steps, lr, seed)
         summary = _train(ctx, config, _run_name(model, label, steps, lr, seed))
@@ -255,10 +267,9 @@ def run(ctx: Context) -> None:
     rows = []
     for label in study["schedules"]:
       row = [label, f"{lrs[model][label][0]:g}"]
-      for b in study["budgets"]:
-        row.append(mean_std([results[model, label, b, s]["final_eval_accuracy"] for s in seeds]))
-      for b in study["budgets"]:
-        row.append(mean_std([results[model, label, b, s]["final_train_loss"] for s in seeds]))
+      for key in ("final_eval_accuracy", "final_train_loss"):
+        row += [mean_std([results[model, label, b, s][key] for s in seeds])
+                if _ran(study, label, b) else "not run" for b in study["budgets"]]
       rows.append(row)
     header = (["schedule", "lr"] + [f"test acc T={b}" for b in study["budgets"]]
               + [f"train loss T={b}" for b in study["budgets"]])
@@ -289,7 +300,10 @@ minibatch loss. Learning rate per schedule: the best test accuracy of the grid a
 budget with seed {SWEEP_SEED} (MLP: every schedule swept; CNN: only cosine swept, its rate
 used for every CNN schedule). Selecting on the test split makes the absolute numbers slightly
 optimistic; it is the same for every schedule. Training time of the reported runs:
-{wall / 60:.1f} min (sweep excluded; the machine was shared).
+{wall / 60:.1f} min (sweep excluded; the machine was shared). A finished run of the same config
+is reused rather than retrained, so the runs can be trained by several processes at once (each
+calling `train_model` on some schedules) and collected by the command above{
+'' if ctx.quick else ', which is how this note was made'}.
 
 {chr(10).join(tables)}
 ![accuracy vs budget](./{plot.name})
