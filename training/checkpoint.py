@@ -127,8 +127,8 @@ class Checkpoints:
 
   def __init__(self, run_dir: str | pathlib.Path, *, every_steps: int = 0, keep: int = 2,
                keep_every: int = 0, read_only: bool = False, async_save: bool = True):
-    self.directory = checkpoint_dir(run_dir) if read_only else pathlib.Path(run_dir) / \
-        CHECKPOINT_DIR
+    run_dir = pathlib.Path(run_dir).resolve()  # Orbax refuses relative paths
+    self.directory = checkpoint_dir(run_dir) if read_only else run_dir / CHECKPOINT_DIR
     self.every_steps, self.keep_every = every_steps, keep_every
     policies = [pp.LatestN(max(keep, 1))]
     if keep_every:
