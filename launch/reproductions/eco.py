@@ -105,7 +105,7 @@ def run(ctx: Context) -> None:
     anchor = {fmt: np.mean(values(task, f"master {fmt}", "final_eval_loss"))
               for fmt in ("fp8", "int4") if f"master {fmt}" in setups}
     rows = []
-    for setup in (s for s in setups if (task, setup) in memory):
+    for setup in (s for s in setups if (task, s) in memory):
       losses = values(task, setup, "final_eval_loss")
       fmt = setup.split()[-1]
       gap = f"{np.mean(losses) - anchor[fmt]:+.4f}" if fmt in anchor else "-"
@@ -150,9 +150,11 @@ def _verdict(task: str, fmt: str, loss: dict[str, float]) -> str:
   best_eco, best_naive = min(ecos, key=rel.get), min(naives, key=rel.get)
   eco_ok = rel[best_eco] <= NEAR
   naive_worse = rel[best_naive] > NEAR and rel[best_naive] > rel[best_eco] + NEAR
+  others = ", ".join(f"`{s}` {rel[s]:+.1%} ({'within' if rel[s] <= NEAR else 'outside'} "
+                     f"{NEAR:.0%})" for s in ecos if s != best_eco)
   return (f"- {task} {fmt}: best ECO (`{best_eco}`) {rel[best_eco]:+.1%} vs master "
-          f"({'near-lossless' if eco_ok else 'NOT near-lossless'}); best naive "
-          f"(`{best_naive}`) {rel[best_naive]:+.1%} "
+          f"({'near-lossless' if eco_ok else 'NOT near-lossless'}); other ECO: {others}; "
+          f"best naive (`{best_naive}`) {rel[best_naive]:+.1%} "
           f"({'clearly worse' if naive_worse else 'NOT clearly worse than ECO'}).")
 
 
@@ -197,6 +199,19 @@ Rule (fixed before the runs): ECO is "near-lossless" when its mean final eval lo
 is more than {NEAR:.0%} above master weights and more than {NEAR:.0%} above ECO.
 
 {chr(10).join(verdicts)}
+
+Caveats. The near-lossless result holds for ECO with **stochastic** rounding; ECO with
+round-to-nearest keeps part of the gap, large for INT4 (not investigated further: nearest
+rounding makes the error systematic rather than zero-mean, and Adam's injection coefficient is
+exact only for a constant denominator; the paper's claim is read here for the stochastic
+variant). The naive baseline
+rounds to nearest; naive with stochastic rounding (unbiased, but without error feedback) was
+dropped from the grid to fit the time budget, so how much of ECO's gain stochastic rounding
+alone would give is not measured here. Master weights use round-to-nearest for the copy, as
+usual. The GPT's float32 row shows FP8/INT4 master weights cost nothing at this scale, so the
+comparison is against a lossless baseline. Wall time: about 35 minutes for the 51 runs on the
+shared 2-core machine at load average 25-29 (over the 20-minute target; compiled steps are
+cached across seeds under `runs/reproduce-eco/jax_cache`).
 
 Scale gap: the paper pre-trains 30M-800M-parameter Transformers (and Gemma-3 1B, a 2.1B MoE)
 for billions of tokens in FP8 and fine-tunes DeepSeek-MoE-16B in INT4; here a 21.7k-parameter
