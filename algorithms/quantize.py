@@ -48,7 +48,7 @@ ROUNDINGS = ("nearest", "stochastic")
 _FP8_MAX = 448.0
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 @dataclasses.dataclass(frozen=True)
 class QuantizedArray:
   """Codes and scales of one quantized tensor; the quantizer (static) knows how to decode."""
@@ -60,6 +60,10 @@ class QuantizedArray:
 
   def tree_flatten(self):
     return (self.codes, self.scales), (self.quantizer, self.shape)
+
+  def tree_flatten_with_keys(self):
+    keys = (jax.tree_util.GetAttrKey("codes"), jax.tree_util.GetAttrKey("scales"))
+    return tuple(zip(keys, (self.codes, self.scales))), (self.quantizer, self.shape)
 
   @classmethod
   def tree_unflatten(cls, aux, children):

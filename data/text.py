@@ -49,7 +49,7 @@ CORPORA = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity; load_corpus caches it
 class ByteCorpus:
   """A corpus as two flat byte arrays, documents joined by a blank line."""
   name: str
@@ -58,9 +58,14 @@ class ByteCorpus:
 
   def unigram_entropy(self) -> float:
     """Cross-entropy (nats/byte) of validation bytes under train byte frequencies (+1 smoothed)."""
-    counts = np.bincount(self.train_bytes, minlength=VOCAB_SIZE).astype(np.float64) + 1.0
-    log_probs = np.log(counts / counts.sum())
-    return float(-log_probs[self.validation_bytes].mean())
+    return _unigram_entropy(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _unigram_entropy(corpus: ByteCorpus) -> float:
+  counts = np.bincount(corpus.train_bytes, minlength=VOCAB_SIZE).astype(np.float64) + 1.0
+  log_probs = np.log(counts / counts.sum())
+  return float(-log_probs[corpus.validation_bytes].mean())
 
 
 @functools.lru_cache(maxsize=None)

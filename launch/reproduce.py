@@ -37,6 +37,7 @@ def main(argv: list[str]) -> None:
   command = "python -m launch.reproduce " + " ".join(sys.argv[1:])
   ctx = reproductions.Context(name=name, out_dir=out, quick=FLAGS.quick, seeds=FLAGS.seeds,
                               command=command)
+  ctx.enable_compilation_cache()
   importlib.import_module(f"launch.reproductions.{name}").run(ctx)
   print(f"wrote {ctx.report_path}")
 

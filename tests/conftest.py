@@ -11,6 +11,13 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+# Many tests compile the same small programs (the test-size GPT's steps) in separate processes;
+# a persistent compilation cache shared by the pytest workers and their subprocesses compiles
+# each once. It returns the very executable a fresh compile would, so results are unchanged.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / "runs" / "pytest-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 def run_module(module: str, *args: str, env: dict[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess:

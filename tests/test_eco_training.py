@@ -143,3 +143,17 @@ def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
   report = (tmp_path / "eco.md").read_text()
   assert "| eco-sr fp8 | 9.15 |" in report and "## Verdict" in report
   assert (tmp_path / "eco_pareto.png").stat().st_size > 1000
+
+
+def test_eco_run_resumes_from_its_own_checkpoint_like_an_uninterrupted_run(tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from training import loop  # pylint: disable=import-outside-toplevel
+  config = lm.get_config("size=test,opt=eco_adamw")
+  config.total_steps, config.checkpoint.every_steps = 6, 3
+  config.schedule.warmup_steps = 1
+  straight = loop.train(config, tmp_path / "straight", progress=False)
+  shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if killed after step 3's save
+  (tmp_path / "resumed" / "summary.json").unlink()
+  resumed = loop.train(config, tmp_path / "resumed", progress=False)
+  assert resumed["params_sha256"] == straight["params_sha256"]

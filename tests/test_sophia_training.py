@@ -68,6 +68,7 @@ def test_hessian_refreshes_exactly_after_steps_k_minus_1_2k_minus_1_with_one_tra
   assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
 
 
+@pytest.mark.slow  # ~35 s; the 8-device state-sharding check in test_sophia.py stays in CI
 def test_eight_devices_give_the_first_losses_of_one_device(run_module, tmp_path):
   steps = 7  # two refreshes (after steps 2 and 5) feed into the losses of steps 3..6
   overrides = ["--config.total_steps=7", f"--config.optimizer.update_interval={INTERVAL}",

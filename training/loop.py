@@ -19,7 +19,6 @@ import numpy as np
 
 from algorithms import quantize as qz
 from data import Dataset, make_dataset
-from data.errors import UsageError
 from models import make_model
 from training import checkpoint as checkpoint_lib
 from training import config as config_lib

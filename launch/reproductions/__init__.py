@@ -48,7 +48,19 @@ class Context:
 
   @property
   def runs_dir(self) -> pathlib.Path:
-    return pathlib.Path("runs") / f"reproduce-{self.name}{'-quick' if self.quick else ''}"
+    """Run folders: `runs/reproduce-NAME`, or beside the report for `--quick` smoke runs."""
+    if self.quick:
+      return self.out_dir / f"runs-{self.name}"
+    return pathlib.Path("runs") / f"reproduce-{self.name}"
+
+  def enable_compilation_cache(self) -> None:
+    """Seeds of one config compile to the same programs; a disk cache compiles them once."""
+    import jax  # pylint: disable=import-outside-toplevel
+    cache = (self.runs_dir / "jax_cache").resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
   def num_seeds(self, default: int) -> int:
     return 1 if self.quick and self.seeds is None else (self.seeds or default)

@@ -78,9 +78,6 @@ def static_bytes(config: Any) -> tuple[float, float]:
 
 def run(ctx: Context) -> None:
   seeds = range(ctx.num_seeds(3))
-  # Seeds share compiled steps: 54 small runs on a loaded CPU are dominated by compilation.
-  jax.config.update("jax_compilation_cache_dir", str((ctx.runs_dir / "jax_cache").resolve()))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   setups = QUICK_SETUPS if ctx.quick else tuple(SETUPS)
   tasks = {"gpt": "final_eval_loss", "mlp": "final_eval_accuracy"}
   results: dict[tuple[str, str, int], dict[str, Any]] = {}

@@ -19,7 +19,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
-import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import continual as continual_configs  # pylint: disable=wrong-import-position
@@ -155,10 +154,6 @@ def _plot_same(ctx: Context, setup: _Setup, same) -> str:
 
 
 def run(ctx: Context) -> None:
-  # Every task compiles the same small functions again (and every seed the same train step):
-  # a persistent compilation cache turns those into cache hits.
-  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path("runs") / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   setup = _Setup(ctx)
   domains = setup.domains
   results, same = {}, {}

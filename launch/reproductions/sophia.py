@@ -9,7 +9,6 @@ AdamW's final eval loss, wall-clock per step, loss and win-rate curves.
 
 from __future__ import annotations
 
-import jax
 import matplotlib
 import numpy as np
 
@@ -76,9 +75,6 @@ def _fmt(values: list[float], digits: int = 0) -> str:
 
 
 def run(ctx: Context) -> None:
-  # Seeds of one (optimizer, lr) compile the same step: reuse it across runs.
-  jax.config.update("jax_compilation_cache_dir", str(ctx.runs_dir / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   steps = QUICK_STEPS if ctx.quick else STEPS
   seeds = range(ctx.num_seeds(3))
   sweeps = {name: lrs[:1] if ctx.quick else lrs for name, (_, _, lrs) in OPTIMIZERS.items()}

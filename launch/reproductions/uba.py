@@ -141,15 +141,6 @@ def _bitwise_check(results: dict, model: str, study: dict, seeds: range) -> str 
           "the peak (rounding: the same value computed in a different order)")
 
 
-def _enable_compile_cache(ctx: Context) -> None:
-  """Seeds of one config compile to the same program; a disk cache compiles it once."""
-  cache = pathlib.Path(ctx.runs_dir) / "jax_cache"
-  cache.mkdir(parents=True, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", str(cache.resolve()))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def _plot(ctx: Context, results: dict, studies: dict, seeds: range) -> pathlib.Path:
   fig, axes = plt.subplots(1, len(studies), figsize=(6.5 * len(studies), 4.6), squeeze=False)
   for ax, (model, study) in zip(axes.flat, studies.items()):
@@ -259,7 +250,6 @@ def _scale_gap(studies: dict[str, dict[str, Any]]) -> str:
 
 
 def run(ctx: Context) -> None:
-  _enable_compile_cache(ctx)
   studies = _study(ctx.quick)
   seeds = range(ctx.num_seeds(3))
   results: dict[tuple, dict] = {}

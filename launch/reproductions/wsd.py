@@ -17,7 +17,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
-import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import wsd as wsd_configs  # pylint: disable=wrong-import-position
@@ -266,9 +265,6 @@ def _sign_verdict(diff: np.ndarray, better: str, worse: str) -> str:
 
 
 def run(ctx: Context) -> None:
-  # Runs of different seeds compile to the same programs; the cache compiles them once.
-  jax.config.update("jax_compilation_cache_dir", str((ctx.runs_dir / "jax_cache").resolve()))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   setup = _Setup(ctx)
   seeds, n = setup.seeds, len(setup.seeds)
   best, sweep_rows = _sweep(ctx, setup)
