@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from experiments import lm  # pylint: disable=wrong-import-position
 from launch.reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
 
-LEARNING_RATES = {"adamw": 3e-3, "lion": 3e-4, "sgd": 0.3}
+LEARNING_RATES = {"adamw": 1e-2, "lion": 3e-3, "sgd": 0.3}
 
 
 def run(ctx: Context) -> None:
@@ -40,14 +40,16 @@ def run(ctx: Context) -> None:
     ax.plot([r["step"] for r in history], [r["eval_loss"] for r in history], label=opt)
   ax.set_xlabel("step")
   ax.set_ylabel("eval loss (nats/byte)")
+  ax.set_title("seed 0")
   ax.legend()
   fig.tight_layout()
   fig.savefig(ctx.plot_path("eval_loss"), dpi=120)
   best = min(rows, key=lambda r: float(r[2].split()[0]))[0]
   ctx.write_report("Baselines: AdamW, Lion, SGD on the test-size GPT", f"""
 Test-size GPT (1 layer, d=32, 21.7k parameters), `stdlib-code`, sequence 32, batch 8,
-{steps} steps, warmup-cosine (10% warmup, to lr/10), {len(seeds)} seed(s); learning rates fixed
-by hand, not swept.
+{steps} steps, warmup-cosine (10% warmup, to lr/10), {len(seeds)} seed(s). Learning rates are
+not swept here: AdamW's and Lion's are the best of the `sophia` reproduction's sweep on this
+model (docs/results/sophia.md), SGD's was set by hand.
 
 {markdown_table(["optimizer", "lr", "final eval loss", "final train loss"], rows)}
 
