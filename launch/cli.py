@@ -64,3 +64,23 @@ def run(main: Callable[[list[str]], Any]) -> None:
       usage_error(str(e))
 
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def run_training(train_fn: Callable[[Any, str], Any], workdir_prefix: str) -> tuple[str, Any]:
+  """Starts the distributed runtime, then `train_fn(FLAGS.config, workdir)`.
+
+  A diverged run exits 1; a preempted one (SIGTERM/SIGINT, saved) exits 128 + signal and the
+  same command resumes it.
+  """
+  from training import distributed  # pylint: disable=import-outside-toplevel
+  distributed.maybe_initialize()
+  from training import checkpoint, loop  # pylint: disable=import-outside-toplevel
+  workdir = flags.FLAGS.workdir or default_workdir(workdir_prefix)
+  try:
+    return workdir, train_fn(flags.FLAGS.config, workdir)
+  except loop.DivergedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except checkpoint.Preempted as e:
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)

@@ -23,18 +23,8 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE to override")
-  from training import distributed  # pylint: disable=import-outside-toplevel
-  distributed.maybe_initialize()
-  from training import checkpoint, continual, loop  # pylint: disable=import-outside-toplevel
-  workdir = FLAGS.workdir or cli.default_workdir("continual")
-  try:
-    record = continual.run_stream(FLAGS.config, workdir)
-  except loop.DivergedError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except checkpoint.Preempted as e:  # rerunning the same command resumes
-    print(f"stopped: {e}", file=sys.stderr)
-    sys.exit(128 + e.signum)
+  from training import continual  # pylint: disable=import-outside-toplevel
+  workdir, record = cli.run_training(continual.run_stream, "continual")
   print(continual.matrix_markdown(record), file=sys.stderr)
   print(json.dumps({"workdir": str(workdir), **record}, indent=2))
 

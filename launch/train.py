@@ -7,7 +7,6 @@ on the standard library's source, about 2 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import flags
 
@@ -20,18 +19,8 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE to override")
-  from training import distributed  # pylint: disable=import-outside-toplevel
-  distributed.maybe_initialize()
-  from training import checkpoint, loop  # pylint: disable=import-outside-toplevel
-  workdir = FLAGS.workdir or cli.default_workdir("train")
-  try:
-    summary = loop.train(FLAGS.config, workdir)
-  except loop.DivergedError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except checkpoint.Preempted as e:  # rerunning the same command resumes
-    print(f"stopped: {e}", file=sys.stderr)
-    sys.exit(128 + e.signum)
+  from training import loop  # pylint: disable=import-outside-toplevel
+  workdir, summary = cli.run_training(loop.train, "train")
   print(json.dumps({"workdir": str(workdir), **summary}, indent=2))
 
 

@@ -36,6 +36,7 @@ from data import arithmetic
 from data.errors import UsageError
 from models import GPT
 from training import metrics as metrics_lib
+from training.config import int_at_least, require
 from training.optimizer import build_optimizer
 from training.state import TrainState
 
@@ -154,49 +155,35 @@ def allocation_histogram(counts_M: np.ndarray) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # Config validation.
 
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise UsageError(message)
-
-
-def _int_at_least(config: Any, key: str, minimum: int) -> int:
-  value = config
-  for part in key.split("."):
-    value = value[part]
-  _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-           f"{key}={value!r} must be an integer >= {minimum}; set --config.{key}")
-  return value
-
-
 def validate(config: Any) -> None:
   """Raises `UsageError` naming the first bad key."""
-  _require(config.allocation in ALLOCATIONS,
-           f"allocation={config.allocation!r} is unknown; use one of {', '.join(ALLOCATIONS)}")
-  _int_at_least(config, "seed", 0)
+  require(config.allocation in ALLOCATIONS,
+          f"allocation={config.allocation!r} is unknown; use one of {', '.join(ALLOCATIONS)}")
+  int_at_least(config, "seed", 0)
   for key in ("total_steps", "task.pool_size", "task.heldout_size", "task.max_add_digits",
               "task.max_mul_digits", "rl.prompts_per_step", "rl.updates_per_step",
               "model.num_layers", "model.d_model", "model.num_heads", "model.mlp_ratio",
               "sft.batch_size"):
-    _int_at_least(config, key, 1)
+    int_at_least(config, key, 1)
   for key in ("sft.steps", "eval.every_steps"):
-    _int_at_least(config, key, 0)
-  low = _int_at_least(config, "rl.min_rollouts", 2)
-  default = _int_at_least(config, "rl.rollouts_per_prompt", low)
-  _int_at_least(config, "rl.max_rollouts", default)
-  _require(config.task.pool_size % config.rl.prompts_per_step == 0,
-           f"task.pool_size={config.task.pool_size} is not a multiple of rl.prompts_per_step="
-           f"{config.rl.prompts_per_step}; change one so epochs cover the pool exactly")
-  _require(0.0 <= config.task.mul_fraction <= 1.0,
-           f"task.mul_fraction={config.task.mul_fraction!r} must be in [0, 1]")
-  _require(config.model.d_model % config.model.num_heads == 0,
-           f"model.d_model={config.model.d_model} is not divisible by model.num_heads="
-           f"{config.model.num_heads}; change one")
-  _require(0.0 < config.rl.clip_eps < 1.0, f"rl.clip_eps={config.rl.clip_eps!r} must be in (0, 1)")
-  _require(config.rl.temperature > 0, f"rl.temperature={config.rl.temperature!r} must be > 0")
+    int_at_least(config, key, 0)
+  low = int_at_least(config, "rl.min_rollouts", 2)
+  default = int_at_least(config, "rl.rollouts_per_prompt", low)
+  int_at_least(config, "rl.max_rollouts", default)
+  require(config.task.pool_size % config.rl.prompts_per_step == 0,
+          f"task.pool_size={config.task.pool_size} is not a multiple of rl.prompts_per_step="
+          f"{config.rl.prompts_per_step}; change one so epochs cover the pool exactly")
+  require(0.0 <= config.task.mul_fraction <= 1.0,
+          f"task.mul_fraction={config.task.mul_fraction!r} must be in [0, 1]")
+  require(config.model.d_model % config.model.num_heads == 0,
+          f"model.d_model={config.model.d_model} is not divisible by model.num_heads="
+          f"{config.model.num_heads}; change one")
+  require(0.0 < config.rl.clip_eps < 1.0, f"rl.clip_eps={config.rl.clip_eps!r} must be in (0, 1)")
+  require(config.rl.temperature > 0, f"rl.temperature={config.rl.temperature!r} must be > 0")
   for key in ("sft.learning_rate", "optimizer.learning_rate"):
     section, name = key.split(".")
     lr = config[section][name]
-    _require(isinstance(lr, (int, float)) and lr > 0, f"{key}={lr!r} must be a positive number")
+    require(isinstance(lr, (int, float)) and lr > 0, f"{key}={lr!r} must be a positive number")
   try:
     build_optimizer(config)
   except (ValueError, TypeError, KeyError) as e:
