@@ -8,7 +8,7 @@ import json
 import pathlib
 import pkgutil
 import platform
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -65,13 +65,16 @@ class Context:
   def num_seeds(self, default: int) -> int:
     return 1 if self.quick and self.seeds is None else (self.seeds or default)
 
-  def train(self, config: Any, run_name: str) -> dict[str, Any]:
+  def train(self, config: Any, run_name: str,
+            train_fn: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Trains `config` in `runs/reproduce-NAME/run_name`; returns summary plus metric history.
 
-    A finished run of the same config (its summary.json exists) is not trained again, so an
-    interrupted reproduction continues where it stopped.
+    `train_fn(config, workdir, progress=False)` defaults to `training.loop.train`. A finished
+    run of the same config (its summary.json exists) is not trained again, so an interrupted
+    reproduction continues where it stopped.
     """
-    from training import loop  # pylint: disable=import-outside-toplevel
+    if train_fn is None:
+      from training.loop import train as train_fn  # pylint: disable=import-outside-toplevel
     workdir = self.runs_dir / run_name
     summary_path = workdir / "summary.json"
     if summary_path.exists():
@@ -81,7 +84,7 @@ class Context:
                          "or delete it to rerun")
       summary = json.loads(summary_path.read_text())
     else:
-      summary = loop.train(config, workdir, progress=False)
+      summary = train_fn(config, workdir, progress=False)
     history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     return {**summary, "history": history, "workdir": str(workdir)}
 

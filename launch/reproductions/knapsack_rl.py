@@ -7,7 +7,6 @@ Claims checked: knapsack allocation raises the share of rollouts with a non-zero
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import matplotlib
@@ -16,27 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from data.errors import UsageError  # pylint: disable=wrong-import-position
 from experiments import rl  # pylint: disable=wrong-import-position
 from launch.reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
 from training import grpo  # pylint: disable=wrong-import-position
 
 ALLOCATIONS = ("uniform", "knapsack")
-
-
-def _train(ctx: Context, config: Any, run_name: str) -> dict[str, Any]:
-  """`grpo.train` in `runs/reproduce-NAME/run_name`, reusing a finished run of the same config."""
-  workdir = ctx.runs_dir / run_name
-  summary_path = workdir / "summary.json"
-  if summary_path.exists():
-    if json.loads((workdir / "config.json").read_text()) != json.loads(json.dumps(config.to_dict())):
-      raise UsageError(f"{workdir} holds a finished run of a different config; move it away "
-                       "or delete it to rerun")
-    summary = json.loads(summary_path.read_text())
-  else:
-    summary = grpo.train(config, workdir, progress=False)
-  history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {**summary, "history": history}
 
 
 def _series(result: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +37,8 @@ def run(ctx: Context) -> None:
       config.seed = seed
       if not ctx.quick:
         config.total_steps = 80  # 10 epochs over the pool
-      results[allocation, seed] = _train(ctx, config, f"{allocation}_seed{seed}")
+      results[allocation, seed] = ctx.train(config, f"{allocation}_seed{seed}",
+                                            train_fn=grpo.train)
   steps_per_epoch = config.task.pool_size // config.rl.prompts_per_step
   budget = config.rl.prompts_per_step * config.rl.rollouts_per_prompt
 
