@@ -328,8 +328,8 @@ def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: 
       lr = end + (peak - end) * 2u / (phi + (2 - phi) u)
          = end + (peak - end) / (1 + (phi / 2) tan^2(pi p / 2)),
 
-  reaching `end_value` at `total_steps` and holding it. `phi = 2` is exactly cosine decay;
-  `phi < 2` stays above cosine (`phi -> 0`: constant), `phi > 2` decays faster.
+  reaching `end_value` at `total_steps` and holding it. `phi = 2` is cosine decay, bit for bit
+  equal to `optax.cosine_decay_schedule` after warmup; `phi < 2` stays above cosine (`phi -> 0`: constant), `phi > 2` decays faster.
 
   Source and confidence: the paper's text past its introduction could not be reached here; this
   is the project reference's reconstruction, and an independent third-party implementation
@@ -343,10 +343,16 @@ def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: 
   if warmup_steps >= total_steps:
     raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
   decay_steps = total_steps - warmup_steps
+  alpha = end_value / peak_value if peak_value else 0.0
 
   def decay(count):
-    u = _cosine_shape(_progress(count, decay_steps))
-    return end_value + (peak_value - end_value) * 2.0 * u / (phi + (2.0 - phi) * u)
+    # `optax.cosine_decay_schedule`'s own operations: at phi = 2, `shape` is `u` bit for bit.
+    count = jnp.minimum(count, float(decay_steps))
+    u = 0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps))
+    shape = 2.0 * u / (phi + (2.0 - phi) * u)
+    if not peak_value:
+      return end_value * (1 - shape)
+    return peak_value * ((1 - alpha) * shape + alpha)
 
   return _phases(total_steps, [
       (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
