@@ -127,3 +127,34 @@ def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
     assert f"| {name} |" in report
   assert "Verdict" in report and "Scale gap" in report
   assert (tmp_path / "sophia_curves.png").stat().st_size > 1000
+
+
+def test_hessian_batch_size_estimates_on_fewer_rows_with_one_compile():
+  config = _sophia_config(steps=2 * INTERVAL)
+  config.optimizer.hessian_batch_size = config.batch_size // 2
+  trainer = loop.Trainer(config)
+  state = trainer.init_state()
+  sophia_state = optax.tree_utils.tree_get_all_with_path(state.opt_state, "hessian")
+  assert sophia_state
+  for step in range(2 * INTERVAL):
+    batch = trainer.step_batch(step)
+    assert batch["hessian"]["inputs"].shape[0] == config.batch_size // 2
+    state, metrics = trainer.train_step(state, batch)
+  assert float(metrics["hessian_norm"]) > 0
+  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  # rho * batch_size * h estimates the Gauss-Newton diagonal: batch_size counts the estimate's
+  # tokens, not the training batch's.
+  hyperparams = optax.tree_utils.tree_get(state.opt_state, "hyperparams")
+  assert int(hyperparams["batch_size"]) == config.batch_size // 2 * config.data.seq_len
+
+
+@pytest.mark.parametrize("value,num_devices,message", [
+    (-2, 1, "hessian_batch_size=-2 must be an integer"),
+    (10**6, 1, "hessian_batch_size=1000000 must be an integer"),
+    (3, 2, "hessian_batch_size=3 is not divisible by the 2 devices"),
+])
+def test_bad_hessian_batch_size_is_a_usage_error(value, num_devices, message):
+  config = _sophia_config(steps=2)
+  config.optimizer.hessian_batch_size = value
+  with pytest.raises(UsageError, match=message):
+    config_lib.validate(config, num_devices=num_devices)

@@ -134,3 +134,7 @@ def validate(config: Any, num_devices: int | None = None) -> None:
   require(config.batch_size % num_devices == 0,
           f"batch_size={config.batch_size} is not divisible by the {num_devices} devices; "
           f"use a multiple of {num_devices}")
+  hessian_rows = config.optimizer.get("hessian_batch_size", 0)
+  require(hessian_rows % num_devices == 0,
+          f"optimizer.hessian_batch_size={hessian_rows} is not divisible by the {num_devices} "
+          f"devices; use a multiple of {num_devices}")

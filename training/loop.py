@@ -114,15 +114,22 @@ class Trainer:
   def step_batch(self, step: int) -> dict[str, Any]:
     """The train step's input at `step`; with Sophia it also carries a fresh Hessian batch.
 
-    The fresh batch is drawn only on refresh steps; other steps pass the training batch again
-    (already on device, never read) so that the step keeps one signature.
+    The fresh batch (the first `hessian.batch_size` examples of a batch no step trains on) is
+    drawn only on refresh steps; other steps pass rows of the training batch instead (never
+    read) so that the step keeps one signature.
     """
-    batch = self.device_batch(self.dataset.train_batch(step))
+    host_batch = self.dataset.train_batch(step)
+    batch = self.device_batch(host_batch)
     if self.hessian is None:
       return batch
-    fresh = batch
+    rows = self.hessian.batch_size
     if self.hessian.is_due(step):
-      fresh = self.device_batch(self.dataset.train_batch(_HESSIAN_STREAM + step))
+      fresh = self.device_batch({k: v[:rows] for k, v in
+                                 self.dataset.train_batch(_HESSIAN_STREAM + step).items()})
+    elif rows == self.config.batch_size:
+      fresh = batch
+    else:
+      fresh = self.device_batch({k: v[:rows] for k, v in host_batch.items()})
     return {**batch, HESSIAN_BATCH: fresh}
 
   def evaluate(self, params: Any) -> dict[str, float]:

@@ -22,7 +22,7 @@ from training.step import HessianRefresh
 
 # Config keys of `optimizer` that belong to the trainer, not to the optimizer builder.
 TRAINER_KEYS = ("name", "learning_rate", "grad_clip_norm", "hessian_clip_norm",
-                "master_weights_quantizer")
+                "hessian_batch_size", "master_weights_quantizer")
 _NEVER_GIVES_UP = 2**31 - 1  # the loop stops the run; apply_if_finite must never apply NaNs
 
 
@@ -36,28 +36,40 @@ def optimizer_kwargs(optimizer_config: Any) -> dict[str, Any]:
   return {k: v for k, v in optimizer_config.items() if k not in TRAINER_KEYS}
 
 
-def global_batch_tokens(config: Any) -> int:
-  """Tokens (text) or examples (images) in one global batch: Sophia's `batch_size`."""
-  return config.batch_size * max(config.data.get("seq_len", 0), 1)
+def hessian_batch_tokens(config: Any) -> int:
+  """Tokens (or examples) Sophia's Hessian estimate averages over: its `batch_size`.
+
+  The training batch in the official loop; `optimizer.hessian_batch_size` examples when set.
+  Then `E[ghat**2] = diag(GN) / batch_size` still holds, so `rho` keeps its meaning.
+  """
+  examples = config.optimizer.get("hessian_batch_size", 0) or config.batch_size
+  return examples * max(config.data.get("seq_len", 0), 1)
 
 
 def _sophia_kwargs(config: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
   """Fills Sophia's `batch_size` (0 or unset: derived) or checks a given one."""
-  tokens = global_batch_tokens(config)
+  tokens = hessian_batch_tokens(config)
   given = kwargs.get("batch_size") or tokens
   if given != tokens:
-    raise ValueError(f"optimizer.batch_size={given} must be the {tokens} tokens of the global "
-                     "batch (batch_size * data.seq_len); set it to 0 to derive it")
+    raise ValueError(f"optimizer.batch_size={given} must be the {tokens} tokens of the batch "
+                     "the Hessian is estimated on ((hessian_batch_size or batch_size) * "
+                     "data.seq_len); set it to 0 to derive it")
   return {**kwargs, "batch_size": tokens}
 
 
 def hessian_refresh(config: Any) -> HessianRefresh | None:
   """The train step's Hessian refresh for `optimizer.name="sophia"`, else None."""
   clip = config.optimizer.get("hessian_clip_norm", 0.0)
+  examples = config.optimizer.get("hessian_batch_size", 0)
   if config.optimizer.name != "sophia":
-    if clip:
-      raise ValueError("optimizer.hessian_clip_norm is only used by sophia; remove it")
+    for key, value in (("hessian_clip_norm", clip), ("hessian_batch_size", examples)):
+      if value:
+        raise ValueError(f"optimizer.{key} is only used by sophia; remove it")
     return None
+  if (not isinstance(examples, int) or isinstance(examples, bool)
+      or not 0 <= examples <= config.batch_size):
+    raise ValueError(f"optimizer.hessian_batch_size={examples!r} must be an integer in "
+                     f"[1, batch_size={config.batch_size}], or 0 for the whole batch")
   if not isinstance(clip, (int, float)) or clip < 0:
     raise ValueError(f"optimizer.hessian_clip_norm={clip!r} must be >= 0 (0 disables clipping)")
   interval = config.optimizer.get("update_interval", 10)
@@ -66,7 +78,8 @@ def hessian_refresh(config: Any) -> HessianRefresh | None:
   estimator = config.optimizer.get("estimator", "gnb")
   if estimator not in sophia.ESTIMATORS:
     raise ValueError(f"optimizer.estimator={estimator!r} must be one of {sophia.ESTIMATORS}")
-  return HessianRefresh(interval=interval, estimator=estimator, clip_norm=clip)
+  return HessianRefresh(interval=interval, estimator=estimator, clip_norm=clip,
+                        batch_size=examples or config.batch_size)
 
 
 def _is_static(value: Any) -> bool:

@@ -24,11 +24,14 @@ class HessianRefresh:
   `train_sophiag.py` orders it, the step estimates the diagonal on `batch["hessian"]` (a fresh
   batch) at the new parameters, optionally clips the estimate to global norm `clip_norm` (the
   official loop clips it with `grad_clip`; 0 disables), and folds it into the EMA with
-  `sophia.update_hessian`. A non-finite estimate leaves the EMA unchanged.
+  `sophia.update_hessian`. A non-finite estimate leaves the EMA unchanged. `batch_size`: the
+  fresh batch's examples, the training batch's in the official loop; fewer make the refresh
+  cheaper (its cost is one forward and backward pass on them).
   """
   interval: int
   estimator: str = "gnb"  # "gnb" (Sophia-G) or "hutchinson" (Sophia-H)
   clip_norm: float = 0.0
+  batch_size: int = 0
 
   def is_due(self, step: Any) -> Any:
     return step % self.interval == self.interval - 1
@@ -49,7 +52,7 @@ def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransf
                     ) -> Callable[[TrainState, Batch], Any]:
   """`train_step(state, batch) -> (state, metrics)`; metrics are device scalars.
 
-  With `hessian` (Sophia), `batch["hessian"]` holds a fresh batch of the same shape, the
+  With `hessian` (Sophia), `batch["hessian"]` holds a fresh batch of `hessian.batch_size`, the
   refresh runs under `jax.lax.cond` (one compiled step for both branches), and the metrics
   gain `win_rate` and `hessian_norm`.
   """
