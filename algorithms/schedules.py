@@ -329,7 +329,8 @@ def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: 
          = end + (peak - end) / (1 + (phi / 2) tan^2(pi p / 2)),
 
   reaching `end_value` at `total_steps` and holding it. `phi = 2` is cosine decay, bit for bit
-  equal to `optax.cosine_decay_schedule` after warmup; `phi < 2` stays above cosine (`phi -> 0`: constant), `phi > 2` decays faster.
+  equal to `optax.cosine_decay_schedule` after warmup; `phi < 2` stays above cosine
+  (`phi -> 0`: constant), `phi > 2` decays faster.
 
   Source and confidence: the paper's text past its introduction could not be reached here; this
   is the project reference's reconstruction, and an independent third-party implementation

@@ -1,15 +1,16 @@
 """Sophia-G's training-step time over AdamW's on the tiny GPT, amortized over `k` steps.
 
-`python -m benchmarks.sophia_overhead [--rounds R] [--size tiny] [--hessian-batch-size N]`. Both trainers are built
-from `experiments/lm.py:size=tiny` (the same model, data and sharding) and timed side by side
-in one process: each round runs `k` consecutive steps of AdamW, then `k` of Sophia-G (one of
-which refreshes the Hessian on a fresh batch), blocking only at the end of each window. The
+`python -m benchmarks.sophia_overhead [--rounds R] [--size tiny] [--hessian-batch-size N]`.
+Both trainers are built from `experiments/lm.py:size=tiny` (the same model, data and sharding)
+and timed side by side in one process: each round runs `k` consecutive steps of AdamW, then `k`
+of Sophia-G (one of which refreshes the Hessian on a fresh batch), blocking only at the end of
+each window. The
 anchor is AdamW's window in the same round; the figure is the median over rounds of
 Sophia window / AdamW window. Goal: at most 1.06 (Liu et al., arXiv 2305.14342, Section 3.2
 report about 5% for k = 10). The official loop estimates the Hessian on a whole training batch,
 so its refresh step costs one extra forward and backward pass: the amortized ratio cannot go
-below about 1 + 1/k there. `--hessian-batch-size N` estimates on N examples instead. Batches are placed on device before timing, so the figure is the
-step's compute, not the data pipeline.
+below about 1 + 1/k there. `--hessian-batch-size N` estimates on N examples instead. Batches
+are placed on device before timing, so the figure is the step's compute, not the data pipeline.
 """
 
 from __future__ import annotations

@@ -12,5 +12,6 @@ def test_uba_quick_writes_report_table_and_plot(run_module, tmp_path):
   for label in ("| constant |", "| cosine |", "| uba phi=2 |"):
     assert label in report
   assert "## Verdicts" in report
-  assert "mlp: 2 run pairs at equal learning rate; final parameters bitwise equal (SHA-256) in 2/2" in report
+  assert ("mlp: 2 run pairs at equal learning rate; final parameters bitwise equal (SHA-256) "
+          "in 2/2") in report
   assert (tmp_path / "uba_accuracy_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
