@@ -152,9 +152,9 @@ same setup), the worst of each, so the grid moved up to 1e-2.
 Target: AdamW's mean final eval loss at its best lr, {target:.4f}. "Steps to target" is the
 first eval (every {ref.eval.every_steps} steps) at or below it, mean ± std over the seeds that
 reach it; "speed-up" is AdamW's steps over the optimizer's. Step time is the median logged
-wall-clock per step (CPU, shared and loaded machine: compare columns, not absolute values;
-`benchmarks/sophia_overhead` measures the overhead properly, side by side: about 1.03x on the
-tiny GPT). At this size a step takes a few milliseconds, so fixed per-step costs (the
+wall-clock per step (CPU, shared machine: compare columns, not absolute values;
+`benchmarks/sophia_overhead` measures the overhead properly, side by side on the tiny GPT: see
+docs/benchmarks.md). At this size a step takes a few milliseconds, so fixed per-step costs (the
 `lax.cond`, the win-rate and Hessian-norm reductions logged every step, one extra
 forward-backward every 10 steps) weigh far more than on a real model, and the load on the
 machine varied by several times during the runs.
