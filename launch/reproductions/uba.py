@@ -141,6 +141,7 @@ def _plot(ctx: Context, results: dict, studies: dict, seeds: range) -> pathlib.P
       ax.errorbar(budgets, acc.mean(1), yerr=acc.std(1, ddof=1) if len(seeds) > 1
                   else None, label=label, capsize=2, **style)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(study["budgets"], [str(b) for b in study["budgets"]])
     ax.set_xlabel("step budget T (batch 128)" if not ctx.quick else "step budget T")
     ax.set_ylabel("test accuracy")
