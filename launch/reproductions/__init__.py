@@ -92,6 +92,15 @@ class Context:
     self.out_dir.mkdir(parents=True, exist_ok=True)
     return self.out_dir / f"{self.name}_{suffix}.png"
 
+  def save_figure(self, fig: Any, suffix: str, dpi: int = 120) -> pathlib.Path:
+    """Lays out, writes and closes a matplotlib figure as `NAME_suffix.png`; returns its path."""
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    path = self.plot_path(suffix)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
   def write_report(self, title: str, body: str) -> None:
     """Writes the report with its command, date and machine above `body`."""
     self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,7 @@ def run(ctx: Context) -> None:
   ax.set_ylabel("eval loss (nats/byte)")
   ax.set_title("seed 0")
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("eval_loss"), dpi=120)
+  plot = ctx.save_figure(fig, "eval_loss")
   best = min(rows, key=lambda r: float(r[2].split()[0]))[0]
   ctx.write_report("Baselines: AdamW, Lion, SGD on the test-size GPT", f"""
 Test-size GPT (1 layer, d=32, 21.7k parameters), `stdlib-code`, sequence 32, batch 8,
@@ -53,7 +52,7 @@ model (docs/results/sophia.md), SGD's was set by hand.
 
 {markdown_table(["optimizer", "lr", "final eval loss", "final train loss"], rows)}
 
-![eval loss](./{ctx.plot_path("eval_loss").name})
+![eval loss](./{plot.name})
 
 Verdict: at this scale {best} reaches the lowest eval loss. This is an anchor for the other
 reproductions, not a claim from a paper.

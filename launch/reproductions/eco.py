@@ -128,9 +128,7 @@ def run(ctx: Context) -> None:
     verdicts += [_verdict(task, fmt, {s: np.mean(values(task, s, "final_eval_loss"))
                                       for s in setups if s.endswith(fmt)})
                  for fmt in anchor]
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("pareto"), dpi=120)
-  plt.close(fig)
+  ctx.save_figure(fig, "pareto")
   ctx.write_report("ECO: quantized training without master weights (arXiv 2601.22101)",
                    _body(ctx, sections, len(seeds), results, setups, verdicts))
 

@@ -123,10 +123,7 @@ def _plot_stream(ctx: Context, setup: _Setup, results, domains: list[str]) -> st
       ax.axvline(i * setup.steps, color="gray", linewidth=0.5)
   axes[-1].set_xlabel(f"updates since the start of the stream ({', '.join(domains)}); "
                       f"mean of {len(setup.seeds)} seeds")
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("stream"), dpi=110)
-  plt.close(fig)
-  return ctx.plot_path("stream").name
+  return ctx.save_figure(fig, "stream", dpi=110).name
 
 
 def _plot_same(ctx: Context, setup: _Setup, same) -> str:
@@ -147,10 +144,7 @@ def _plot_same(ctx: Context, setup: _Setup, same) -> str:
           [x >= setup.steps // 2] for sc in SAME_DATA]
   lo, hi = min(v.min() for v in late), max(v.max() for v in late)
   ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))  # zoom on the task boundary
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("same_data"), dpi=110)
-  plt.close(fig)
-  return ctx.plot_path("same_data").name
+  return ctx.save_figure(fig, "same_data", dpi=110).name
 
 
 def run(ctx: Context) -> None:

@@ -86,9 +86,7 @@ def run(ctx: Context) -> None:
               title="allocation after epoch 1")
   for ax in axes:
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  plot = ctx.plot_path("curves")
-  fig.savefig(plot, dpi=110)
+  plot = ctx.save_figure(fig, "curves", dpi=110)
 
   largest = sorted((tuple(x) + (s,) for s in seeds
                     for x in results["knapsack", s]["largest_allocations"] if x[1] is not None),

@@ -121,8 +121,7 @@ def run(ctx: Context) -> None:
              title="Sophia win rate (best lr, mean over seeds)")
   for ax in (ax_loss, ax_win):
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("curves"), dpi=120)
+  plot = ctx.save_figure(fig, "curves")
 
   params = runs["adamw", best["adamw"], 0]["num_params"]
   ref = _config("adamw", {}, 1e-3, 0, steps)
@@ -162,7 +161,7 @@ machine varied by several times during the runs.
 {markdown_table(["optimizer", "best lr", "final eval loss", "steps to target", "speed-up",
                  "ms / step", "final win rate"], rows)}
 
-![eval loss and win rate](./{ctx.plot_path("curves").name})
+![eval loss and win rate](./{plot.name})
 
 Verdict: {_verdict(sophia_g, rows)}{_edge_note(best, sweeps)}
 

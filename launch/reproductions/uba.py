@@ -148,11 +148,7 @@ def _plot(ctx: Context, results: dict, studies: dict, seeds: range) -> pathlib.P
     ax.set_title(f"{model.upper()} on {study['data']} (mean ± std, {len(seeds)} seed(s))")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = ctx.plot_path("accuracy_vs_budget")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return ctx.save_figure(fig, "accuracy_vs_budget", dpi=110)
 
 
 def _formula_section(ctx: Context) -> str:

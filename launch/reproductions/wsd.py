@@ -100,6 +100,13 @@ def _eval_curve(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   return tuple(np.array(x) for x in zip(*points))
 
 
+def _mean_eval_curve(results: dict[tuple[str, int], dict[str, Any]], name: str,
+                     seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+  """Eval steps and the loss at each, averaged over `seeds` (runs share their eval steps)."""
+  return (_eval_curve(results[name, seeds[0]])[0],
+          np.mean([_eval_curve(results[name, s])[1] for s in seeds], axis=0))
+
+
 def _lr_curve(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   points = [(r["step"], r["lr"]) for r in result["history"] if "lr" in r]
   return tuple(np.array(x) for x in zip(*points))
@@ -194,18 +201,14 @@ def _plot_fixed_budget(ctx: Context, setup: _Setup, results) -> str:
   for i, name in enumerate(setup.fixed):
     style = dict(color=f"C{i}", linestyle="--" if "10%" in name and "WSD" in name else "-")
     ax_lr.plot(*_lr_curve(results[name, setup.seeds[0]]), **style, label=name)
-    steps = _eval_curve(results[name, setup.seeds[0]])[0]
-    mean = np.mean([_eval_curve(results[name, s])[1] for s in setup.seeds], axis=0)
+    steps, mean = _mean_eval_curve(results, name, setup.seeds)
     keep = steps >= setup.budget // 4
     ax_loss.plot(steps[keep], mean[keep], marker=".", **style, label=name)
   ax_lr.set_ylabel("learning rate")
   ax_loss.set_ylabel(f"eval loss, mean of {len(setup.seeds)} seeds")
   ax_loss.set_xlabel("step")
   ax_loss.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("fixed_budget"), dpi=120)
-  plt.close(fig)
-  return ctx.plot_path("fixed_budget").name
+  return ctx.save_figure(fig, "fixed_budget").name
 
 
 def _plot_branching(ctx: Context, setup: _Setup, results) -> str:
@@ -213,8 +216,7 @@ def _plot_branching(ctx: Context, setup: _Setup, results) -> str:
   longest = max(setup.branch_budgets)
   for i, budget in enumerate(setup.branch_budgets):
     for kind, style in (("branch", "-"), ("cosine", ":")):
-      steps = _eval_curve(results[f"{kind} {budget}", setup.seeds[0]])[0]
-      mean = np.mean([_eval_curve(results[f"{kind} {budget}", s])[1] for s in setup.seeds], axis=0)
+      steps, mean = _mean_eval_curve(results, f"{kind} {budget}", setup.seeds)
       if kind == "branch" and budget != longest:  # joined to the stable run at the branch
         start = round((1 - BRANCH_DECAY) * budget)
         at_start = np.mean([_eval_at(results["stable", s], start) for s in setup.seeds])
@@ -227,10 +229,7 @@ def _plot_branching(ctx: Context, setup: _Setup, results) -> str:
   ax.set_xlabel("step")
   ax.set_ylabel(f"eval loss, mean of {len(setup.seeds)} seeds")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("branching"), dpi=120)
-  plt.close(fig)
-  return ctx.plot_path("branching").name
+  return ctx.save_figure(fig, "branching").name
 
 
 def _plot_power(ctx: Context, setup: _Setup, results) -> str:
@@ -239,8 +238,7 @@ def _plot_power(ctx: Context, setup: _Setup, results) -> str:
     for kind, style in (("WSD", "-"), ("Power", "--")):
       name = f"{kind} {budget}"
       ax_lr.plot(*_lr_curve(results[name, setup.seeds[0]]), style, color=f"C{i}", label=name)
-      steps = _eval_curve(results[name, setup.seeds[0]])[0]
-      mean = np.mean([_eval_curve(results[name, s])[1] for s in setup.seeds], axis=0)
+      steps, mean = _mean_eval_curve(results, name, setup.seeds)
       keep = steps >= setup.budget // 4
       ax_loss.plot(steps[keep], mean[keep], style, color=f"C{i}", label=name)
   ax_lr.set_ylabel("learning rate")
@@ -248,10 +246,7 @@ def _plot_power(ctx: Context, setup: _Setup, results) -> str:
   ax_loss.set_ylabel(f"eval loss, mean of {len(setup.seeds)} seeds")
   ax_loss.set_xlabel("step")
   ax_loss.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(ctx.plot_path("power"), dpi=120)
-  plt.close(fig)
-  return ctx.plot_path("power").name
+  return ctx.save_figure(fig, "power").name
 
 
 def _sign_verdict(diff: np.ndarray, better: str, worse: str) -> str:
