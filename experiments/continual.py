@@ -63,7 +63,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.every_steps = 0  # the runner evaluates every domain after each task
   config.eval.num_batches = 16
   config.log.every_steps = 10
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=0, keep=2, keep_every=0, resume_from="", init_from="", branch_from="",
-      branch_step=-1))
+  config.checkpoint.every_steps = 0
   return config

@@ -53,8 +53,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.every_steps = 20
   config.eval.num_batches = 64
   config.log.every_steps = 5
-  # Checkpoints only at the end (0), every key spelled out so a run's config.json is complete.
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=0, keep=2, keep_every=0, resume_from="", init_from="", branch_from="",
-      branch_step=-1))
+  config.checkpoint.every_steps = 0  # checkpoints only at the end
   return config
