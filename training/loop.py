@@ -6,6 +6,7 @@ the device inside the loop except at eval and at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -115,22 +116,27 @@ class Trainer:
     """The train step's input at `step`; with Sophia it also carries a fresh Hessian batch.
 
     The fresh batch (the first `hessian.batch_size` examples of a batch no step trains on) is
-    drawn only on refresh steps; other steps pass rows of the training batch instead (never
-    read) so that the step keeps one signature.
+    drawn only on refresh steps; other steps pass a batch of the same shape that is never read
+    (the training batch itself, or one placeholder) so that the step keeps one signature.
     """
-    host_batch = self.dataset.train_batch(step)
-    batch = self.device_batch(host_batch)
+    batch = self.device_batch(self.dataset.train_batch(step))
     if self.hessian is None:
       return batch
-    rows = self.hessian.batch_size
     if self.hessian.is_due(step):
-      fresh = self.device_batch({k: v[:rows] for k, v in
-                                 self.dataset.train_batch(_HESSIAN_STREAM + step).items()})
-    elif rows == self.config.batch_size:
+      fresh = self._hessian_rows(_HESSIAN_STREAM + step)
+    elif self.hessian.batch_size == self.config.batch_size:
       fresh = batch
     else:
-      fresh = self.device_batch({k: v[:rows] for k, v in host_batch.items()})
+      fresh = self._unread_hessian_batch
     return {**batch, HESSIAN_BATCH: fresh}
+
+  def _hessian_rows(self, index: int) -> dict[str, jax.Array]:
+    host_batch = self.dataset.train_batch(index)
+    return self.device_batch({k: v[:self.hessian.batch_size] for k, v in host_batch.items()})
+
+  @functools.cached_property
+  def _unread_hessian_batch(self) -> dict[str, jax.Array]:
+    return self._hessian_rows(_HESSIAN_STREAM)
 
   def evaluate(self, params: Any) -> dict[str, float]:
     sums = [self.eval_step(params, self.device_batch(b)) for b in self.dataset.eval_batches()]
