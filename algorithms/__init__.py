@@ -3,4 +3,4 @@
 Importing the package registers every schedule and optimizer by name for configs.
 """
 
-from algorithms import eco, knapsack, optimizers, quantize, schedules, sophia
+from trainlab.algorithms import eco, knapsack, optimizers, quantize, schedules, sophia

@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from algorithms import quantize as qz
-from algorithms.optimizers import register_optimizer
+from trainlab.algorithms import quantize as qz
+from trainlab.algorithms.optimizers import register_optimizer
 
 MODES = ("eco", "naive")
 

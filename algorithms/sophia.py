@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from algorithms.optimizers import register_optimizer
+from trainlab.algorithms.optimizers import register_optimizer
 
 ESTIMATORS = ("gnb", "hutchinson")
 _INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)

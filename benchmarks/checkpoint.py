@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import lm
-from training import checkpoint, loop
+from trainlab.training import checkpoint, loop
 
 
 def _random_state(state):

@@ -41,7 +41,7 @@ SETUPS = {
 
 def _trainer(setup: str):
   from experiments import lm  # pylint: disable=import-outside-toplevel
-  from training.loop import Trainer  # pylint: disable=import-outside-toplevel
+  from trainlab.training.loop import Trainer  # pylint: disable=import-outside-toplevel
   name, extra = SETUPS[setup]
   config = lm.get_config(f"size=tiny,opt={name}")
   config.optimizer.update(extra)
@@ -51,7 +51,7 @@ def _trainer(setup: str):
 def measure_memory(setup: str, steps: int) -> dict[str, float]:
   """In this process: state bytes per parameter and peak RSS after `steps` train steps."""
   import jax  # pylint: disable=import-outside-toplevel
-  from algorithms import quantize as qz  # pylint: disable=import-outside-toplevel
+  from trainlab.algorithms import quantize as qz  # pylint: disable=import-outside-toplevel
   trainer = _trainer(setup)
   state = trainer.init_state()
   for step in range(steps):

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from algorithms import knapsack
+from trainlab.algorithms import knapsack
 
 
 def _problem(num_prompts: int, distinct: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import time
 import jax
 
 from experiments import lm
-from training import loop
+from trainlab.training import loop
 
 
 def bare_step_time(config, steps: int, log_every: int) -> float:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from algorithms import sophia as sophia_lib
+from trainlab.algorithms import sophia as sophia_lib
 
 LEAVES = 8
 

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from experiments import lm
-from training import loop
+from trainlab.training import loop
 
 
 def _trainer(size: str, opt: str, interval: int, hessian_batch_size: int) -> loop.Trainer:

@@ -1,4 +1,4 @@
 """Datasets: offline, deterministic, step-indexed."""
 
-from data.datasets import DATASET_NAMES, Dataset, make_dataset
-from data.errors import UsageError
+from trainlab.data.datasets import DATASET_NAMES, Dataset, make_dataset
+from trainlab.errors import UsageError

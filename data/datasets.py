@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from data import images, text
-from data.errors import UsageError
+from trainlab.data import images, text
+from trainlab.errors import UsageError
 
 IMAGE_DATASETS: dict[str, Callable[..., images.ImageDataset]] = {
     "fashion-mnist": lambda path, split_seed: images.load_fashion_mnist(path),

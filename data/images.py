@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _FASHION_FILES = {

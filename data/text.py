@@ -19,7 +19,7 @@ import sysconfig
 
 import numpy as np
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 
 VOCAB_SIZE = 256
 _DOC_SEPARATOR = b"\n\n"

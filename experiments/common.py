@@ -6,7 +6,7 @@ from typing import Any
 
 import ml_collections
 
-from data.errors import UsageError  # re-exported for config files
+from trainlab.errors import UsageError  # re-exported for config files
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 from launch import cli
 
 WSD_KEEP = ("warmup_steps", "decay_shape", "init_value", "end_value", "half_life")
@@ -76,12 +76,12 @@ def main(argv: list[str]) -> None:
     raise UsageError(f"{str(e).strip().splitlines()[-1]}") from None
   config = flags.FLAGS.config
 
-  from training import distributed  # pylint: disable=import-outside-toplevel
+  from trainlab.training import distributed  # pylint: disable=import-outside-toplevel
   distributed.maybe_initialize()
-  from training import loop  # pylint: disable=import-outside-toplevel
+  from trainlab.training import loop  # pylint: disable=import-outside-toplevel
   workdir = args.workdir or str(run_dir.parent / f"{run_dir.name}-branch{args.step}-decay"
                                 f"{args.decay_steps}")
-  from training import checkpoint  # pylint: disable=import-outside-toplevel
+  from trainlab.training import checkpoint  # pylint: disable=import-outside-toplevel
   try:
     summary = loop.train(config, workdir)
   except checkpoint.Preempted as e:  # rerunning the same command resumes the branch

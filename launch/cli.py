@@ -11,7 +11,7 @@ from typing import Any, Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 USAGE_EXIT_CODE = 2
@@ -72,9 +72,9 @@ def run_training(train_fn: Callable[[Any, str], Any], workdir_prefix: str) -> tu
   A diverged run exits 1; a preempted one (SIGTERM/SIGINT, saved) exits 128 + signal and the
   same command resumes it.
   """
-  from training import distributed  # pylint: disable=import-outside-toplevel
+  from trainlab.training import distributed  # pylint: disable=import-outside-toplevel
   distributed.maybe_initialize()
-  from training import checkpoint, loop  # pylint: disable=import-outside-toplevel
+  from trainlab.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
   workdir = flags.FLAGS.workdir or default_workdir(workdir_prefix)
   try:
     return workdir, train_fn(flags.FLAGS.config, workdir)

@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE to override")
-  from training import continual  # pylint: disable=import-outside-toplevel
+  from trainlab.training import continual  # pylint: disable=import-outside-toplevel
   workdir, record = cli.run_training(continual.run_stream, "continual")
   print(continual.matrix_markdown(record), file=sys.stderr)
   print(json.dumps({"workdir": str(workdir), **record}, indent=2))

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import jax
 import numpy as np
 
-import algorithms  # pylint: disable=unused-import  (registers every module's schedules)
-from algorithms import schedules
+import trainlab.algorithms  # pylint: disable=unused-import  (registers every module's schedules)
+from trainlab.algorithms import schedules
 
 # Example arguments per registered name; fractions of total_steps are resolved at draw time.
 EXAMPLES: dict[str, list[tuple[str, dict]]] = {

@@ -1,6 +1,6 @@
 """Run a named paper reproduction: `python -m launch.reproduce NAME [--quick] [--seeds K]`.
 
-Each reproduction is a module `launch/reproductions/NAME.py` with
+Each reproduction is a module `reproductions/NAME.py` with
 `run(ctx: reproductions.Context) -> None` that trains its configs through `ctx.train`,
 and writes `NAME.md` (command, table of mean ± std over seeds, verdict) and PNG plots
 through `ctx`. Full runs write to `docs/results/`; `--quick` (a smoke version for CI) writes
@@ -16,7 +16,7 @@ import sys
 from absl import flags
 
 from launch import cli
-from launch import reproductions
+import reproductions
 
 flags.DEFINE_bool("quick", False, "Smoke version: tiny budgets, one seed, seconds to minutes.")
 flags.DEFINE_integer("seeds", None, "Number of seeds (default: the reproduction's own).")
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
   ctx = reproductions.Context(name=name, out_dir=out, quick=FLAGS.quick, seeds=FLAGS.seeds,
                               command=command)
   ctx.enable_compilation_cache()
-  importlib.import_module(f"launch.reproductions.{name}").run(ctx)
+  importlib.import_module(f"reproductions.{name}").run(ctx)
   print(f"wrote {ctx.report_path}")
 
 

@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE to override")
-  from training import grpo  # pylint: disable=import-outside-toplevel
+  from trainlab.training import grpo  # pylint: disable=import-outside-toplevel
   workdir = FLAGS.workdir or cli.default_workdir("rl")
   summary = grpo.train(FLAGS.config, workdir)
   print(json.dumps({"workdir": str(workdir), **summary}, indent=2))

@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE to override")
-  from training import loop  # pylint: disable=import-outside-toplevel
+  from trainlab.training import loop  # pylint: disable=import-outside-toplevel
   workdir, summary = cli.run_training(loop.train, "train")
   print(json.dumps({"workdir": str(workdir), **summary}, indent=2))
 

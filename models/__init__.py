@@ -6,9 +6,9 @@ from typing import Any
 
 import flax.linen as nn
 
-from models.cnn import CNN
-from models.gpt import GPT
-from models.mlp import MLP
+from trainlab.models.cnn import CNN
+from trainlab.models.gpt import GPT
+from trainlab.models.mlp import MLP
 
 MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "mlp": MLP, "cnn": CNN}
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import lm
-from training import loop
+from trainlab.training import loop
 
 PEAK, WARMUP, AT, DECAY = 3e-3, 2, 8, 4
 

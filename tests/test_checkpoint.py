@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 from experiments import lm
 from launch import branch
-from training import checkpoint, loop
+from trainlab.training import checkpoint, loop
 
 # Orbax leaves read coroutines of a failed (corrupt) restore for the garbage collector.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

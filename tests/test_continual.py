@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from data import make_dataset
+from trainlab.data import make_dataset
 from experiments import continual as continual_configs
-from training import checkpoint, continual, loop
+from trainlab.training import checkpoint, continual, loop
 
 DOMAINS = "stdlib-code,pydoc-english"
 STEPS = 10  # per task; the infinite schedule anneals over the last 2

@@ -8,8 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from data import UsageError, make_dataset
-from data import images, text
+from trainlab.data import UsageError, make_dataset
+from trainlab.data import images, text
 
 
 @pytest.mark.parametrize("name", ["stdlib-code", "pydoc-english", "c-headers"])

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 from experiments import lm
-from training import checkpoint, distributed, loop
+from trainlab.training import checkpoint, distributed, loop
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 6
@@ -94,7 +94,7 @@ def test_two_processes_train_like_one_then_save_and_restore(tmp_path):
   # Both processes wrote one checkpoint; this single process restores it onto its device.
   state = checkpoint.Checkpoints(tmp_path / "two", read_only=True).restore(
       STEPS, loop.Trainer(config).abstract_state)
-  from training import metrics  # pylint: disable=import-outside-toplevel
+  from trainlab.training import metrics  # pylint: disable=import-outside-toplevel
   assert metrics.params_sha256(state.params) == summaries[0]["params_sha256"]
 
   again = _two_processes(tmp_path / "two")  # the rerun restores on two processes

@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import eco
-from algorithms import quantize as qz
-from algorithms.optimizers import OPTIMIZERS
+from trainlab.algorithms import eco
+from trainlab.algorithms import quantize as qz
+from trainlab.algorithms.optimizers import OPTIMIZERS
 
 QUANTIZERS = {
     "fp8_e4m3": qz.fp8_e4m3(), "int8": qz.int8(), "int4": qz.int4(),

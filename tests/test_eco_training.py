@@ -17,11 +17,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from algorithms import quantize as qz
-from data.errors import UsageError
+from trainlab.algorithms import quantize as qz
+from trainlab.errors import UsageError
 from experiments import lm
-from training import config as config_lib
-from training.loop import Trainer
+from trainlab.training import config as config_lib
+from trainlab.training.loop import Trainer
 
 is_q = lambda x: isinstance(x, qz.QuantizedArray)
 SCALARS_BYTES = 256  # step, rng key, counts, injected hyperparameters
@@ -147,7 +147,7 @@ def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
 
 def test_eco_run_resumes_from_its_own_checkpoint_like_an_uninterrupted_run(tmp_path):
   import shutil  # pylint: disable=import-outside-toplevel
-  from training import loop  # pylint: disable=import-outside-toplevel
+  from trainlab.training import loop  # pylint: disable=import-outside-toplevel
   config = lm.get_config("size=test,opt=eco_adamw")
   config.total_steps, config.checkpoint.every_steps = 6, 3
   config.schedule.warmup_steps = 1

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data import arithmetic
+from trainlab.data import arithmetic
 from experiments import rl
-from training import grpo
+from trainlab.training import grpo
 
 
 def _np_advantages(rewards, groups, valid, eps=1e-6):

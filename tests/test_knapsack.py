@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from algorithms import knapsack
+from trainlab.algorithms import knapsack
 
 _OFFICIAL = json.loads(
     (pathlib.Path(__file__).parent / "testdata" / "knapsack_official.json").read_text())

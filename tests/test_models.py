@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import make_model
+from trainlab.models import make_model
 
 
 def _init(model, example):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algorithms import quantize as qz
+from trainlab.algorithms import quantize as qz
 
 
 def fp8_e4m3_values() -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import schedules
+from trainlab.algorithms import schedules
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
 RTOL = 1e-6

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from experiments import lm
-from training import checkpoint, loop
+from trainlab.training import checkpoint, loop
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 5
@@ -24,7 +24,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from experiments import lm
-    from training import checkpoint, loop
+    from trainlab.training import checkpoint, loop
     workdir, steps = sys.argv[1], int(sys.argv[2])
     assert jax.device_count() == 8
     config = lm.get_config("size=test")

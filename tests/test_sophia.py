@@ -20,8 +20,8 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import sophia as sophia_lib
-from algorithms.optimizers import OPTIMIZERS
+from trainlab.algorithms import sophia as sophia_lib
+from trainlab.algorithms.optimizers import OPTIMIZERS
 
 OFFICIAL = json.loads((pathlib.Path(__file__).parent / "testdata/sophia_official.json").read_text())
 
@@ -287,7 +287,7 @@ def test_registered_and_bad_arguments():
 _SHARDING_SCRIPT = textwrap.dedent("""
   import jax, jax.numpy as jnp, optax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from algorithms import sophia as sophia_lib
+  from trainlab.algorithms import sophia as sophia_lib
   assert jax.device_count() == 8, jax.devices()
   mesh = jax.make_mesh((4, 2), ("data", "model"))
   jax.set_mesh(mesh)

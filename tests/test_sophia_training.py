@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import sophia
-from data.errors import UsageError
+from trainlab.algorithms import sophia
+from trainlab.errors import UsageError
 from experiments import lm
-from training import config as config_lib
-from training import loop
+from trainlab.training import config as config_lib
+from trainlab.training import loop
 
 INTERVAL = 3
 

@@ -10,8 +10,8 @@ import numpy as np
 import optax
 
 from experiments import lm
-from training import loop
-from training.step import make_train_step
+from trainlab.training import loop
+from trainlab.training.step import make_train_step
 
 STEPS = "--config.total_steps=12"
 

@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"

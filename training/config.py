@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 import jax
 
-from algorithms.optimizers import OPTIMIZERS
-from algorithms.schedules import SCHEDULES
-from data import DATASET_NAMES, UsageError
-from models import MODELS
-from training import optimizer as optimizer_lib
+from trainlab.algorithms.optimizers import OPTIMIZERS
+from trainlab.algorithms.schedules import SCHEDULES
+from trainlab.data import DATASET_NAMES, UsageError
+from trainlab.models import MODELS
+from trainlab.training import optimizer as optimizer_lib
 
 TEXT_MODELS = ("gpt",)
 # Model fields the trainer fills from the dataset.

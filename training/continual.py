@@ -28,9 +28,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from data import Dataset, make_dataset
-from data.errors import UsageError
-from training import checkpoint as checkpoint_lib
+from trainlab.data import Dataset, make_dataset
+from trainlab.errors import UsageError
+from trainlab.training import checkpoint as checkpoint_lib
 
 STREAM_SCHEDULES = ("infinite_lr", "repeated_cosine")
 
@@ -147,7 +147,7 @@ class DomainEvaluator:
   """Validation loss of saved parameters on any of the stream's domains."""
 
   def __init__(self, config: Any):
-    from training import loop  # pylint: disable=import-outside-toplevel
+    from trainlab.training import loop  # pylint: disable=import-outside-toplevel
     self.config = config
     self.trainer = loop.Trainer(config)
     self._datasets: dict[str, Dataset] = {}
@@ -215,7 +215,7 @@ def matrix_markdown(record: dict[str, Any]) -> str:
 def run_stream(config: Any, workdir: str | pathlib.Path, *,
                progress: bool = True) -> dict[str, Any]:
   """Trains the stream in `workdir`, evaluating after every task; returns the loss matrix."""
-  from training import loop  # pylint: disable=import-outside-toplevel
+  from trainlab.training import loop  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir).resolve()  # Orbax needs absolute checkpoint paths
   tasks = plan(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)

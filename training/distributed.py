@@ -20,7 +20,7 @@ from typing import Mapping
 
 import jax
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 
 _EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 

@@ -31,14 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from algorithms import knapsack
-from data import arithmetic
-from data.errors import UsageError
-from models import GPT
-from training import metrics as metrics_lib
-from training.config import int_at_least, require
-from training.optimizer import build_optimizer
-from training.state import TrainState
+from trainlab.algorithms import knapsack
+from trainlab.data import arithmetic
+from trainlab.errors import UsageError
+from trainlab.models import GPT
+from trainlab.training import metrics as metrics_lib
+from trainlab.training.config import int_at_least, require
+from trainlab.training.optimizer import build_optimizer
+from trainlab.training.state import TrainState
 
 ALLOCATIONS = ("uniform", "knapsack")
 _COMPILED: dict[str, tuple[Callable[..., Any], ...]] = {}  # config key -> jitted functions

@@ -18,17 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms import quantize as qz
-from data import Dataset, make_dataset
-from models import make_model
-from training import checkpoint as checkpoint_lib
-from training import config as config_lib
-from training import metrics as metrics_lib
-from training import sharding
-from training.optimizer import (build_optimizer, compute_params_fn, hessian_refresh,
+from trainlab.algorithms import quantize as qz
+from trainlab.data import Dataset, make_dataset
+from trainlab.models import make_model
+from trainlab.training import checkpoint as checkpoint_lib
+from trainlab.training import config as config_lib
+from trainlab.training import metrics as metrics_lib
+from trainlab.training import sharding
+from trainlab.training.optimizer import (build_optimizer, compute_params_fn, hessian_refresh,
                                 quantize_params)
-from training.state import TrainState
-from training.step import HESSIAN_BATCH, make_eval_step, make_train_step
+from trainlab.training.state import TrainState
+from trainlab.training.step import HESSIAN_BATCH, make_eval_step, make_train_step
 
 
 # Sophia's fresh Hessian batches: train_batch(_HESSIAN_STREAM + step), never a training batch.
@@ -45,7 +45,7 @@ def build_dataset(config: Any) -> Dataset:
                          eval_batches=config.eval.num_batches, path=config.data.get("path", ""),
                          split_seed=config.data.get("split_seed", 0))
   if config.data.get("replay", ""):  # continual pre-training: mix in earlier domains
-    from training import continual  # pylint: disable=import-outside-toplevel
+    from trainlab.training import continual  # pylint: disable=import-outside-toplevel
     dataset = continual.with_replay(dataset, config)
   return dataset
 

@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import algorithms  # registers every optimizer and schedule
-from algorithms import quantize as qz
-from algorithms import sophia
-from algorithms.optimizers import OPTIMIZERS
-from algorithms.schedules import build_schedule
-from training.step import HessianRefresh
+import trainlab.algorithms  # registers every optimizer and schedule
+from trainlab.algorithms import quantize as qz
+from trainlab.algorithms import sophia
+from trainlab.algorithms.optimizers import OPTIMIZERS
+from trainlab.algorithms.schedules import build_schedule
+from trainlab.training.step import HessianRefresh
 
 # Config keys of `optimizer` that belong to the trainer, not to the optimizer builder.
 TRAINER_KEYS = ("name", "learning_rate", "grad_clip_norm", "hessian_clip_norm",

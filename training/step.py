@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from algorithms import eco, quantize, sophia
-from training.state import TrainState
+from trainlab.algorithms import eco, quantize, sophia
+from trainlab.training.state import TrainState
 
 Batch = dict[str, jax.Array]
 HESSIAN_BATCH = "hessian"  # key of the fresh batch in a Sophia step's batch

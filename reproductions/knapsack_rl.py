@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import rl  # pylint: disable=wrong-import-position
-from launch.reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
-from training import grpo  # pylint: disable=wrong-import-position
+from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from trainlab.training import grpo  # pylint: disable=wrong-import-position
 
 ALLOCATIONS = ("uniform", "knapsack")
 

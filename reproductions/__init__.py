@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from data.errors import UsageError
+from trainlab.errors import UsageError
 
 
 def available() -> list[str]:
@@ -74,7 +74,7 @@ class Context:
     reproduction continues where it stopped.
     """
     if train_fn is None:
-      from training.loop import train as train_fn  # pylint: disable=import-outside-toplevel
+      from trainlab.training.loop import train as train_fn  # pylint: disable=import-outside-toplevel
     workdir = self.runs_dir / run_name
     summary_path = workdir / "summary.json"
     if summary_path.exists():

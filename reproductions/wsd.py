@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import wsd as wsd_configs  # pylint: disable=wrong-import-position
-from launch.reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
 
 SWEEP_SEED = 100  # the learning-rate sweep uses a seed that no reported run uses
 SWEEP_LRS = {"cosine": (3e-3, 6e-3, 1.2e-2), "wsd": (3e-3, 6e-3, 1.2e-2)}
@@ -336,7 +336,7 @@ def run(ctx: Context) -> None:
                                sweep_rows) if sweep_rows else "(skipped in --quick)")
   ctx.write_report("WSD, branched decays and the Power scheduler on a tiny GPT", f"""
 Claims: Hägele et al. (arXiv 2405.18392), MiniCPM (arXiv 2404.06395), Shen et al. (Power
-scheduler, arXiv 2408.13359). Configs: `experiments/wsd.py`; code: `launch/reproductions/wsd.py`.
+scheduler, arXiv 2408.13359). Configs: `experiments/wsd.py`; code: `reproductions/wsd.py`.
 
 **Setup.** Test-size GPT (1 layer, d=32, 2 heads, {num_params:,} parameters), byte-level
 `stdlib-code`, sequence 32, batch 8 (256 tokens per step), AdamW (b2=0.95, weight decay 0.1,

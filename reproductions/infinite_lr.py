@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import continual as continual_configs  # pylint: disable=wrong-import-position
-from launch.reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
 
 LABELS = {"cosine": "repeated cosine", "infinite": "infinite (cosine cooldown)",
           "infinite_invsqrt": "infinite (inv-sqrt cooldown)"}
@@ -50,7 +50,7 @@ def _config(setup: _Setup, schedule: str, seed: int, domains: list[str]) -> Any:
 
 def _stream(ctx: Context, config: Any, name: str, reuse_task0: pathlib.Path | None = None):
   """Runs (or reuses) one stream; returns its loss matrix record, trajectory and lr curve."""
-  from training import continual  # pylint: disable=import-outside-toplevel
+  from trainlab.training import continual  # pylint: disable=import-outside-toplevel
   workdir = ctx.runs_dir / name
   if reuse_task0 is not None:  # task 0 is the same run as the main stream's: link it
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
 """The error for bad input a user can fix (config, flag, dataset, checkpoint).
 
-It lives in `data/`, the bottom of the package stack, so every layer can raise it. Entry
-points print its message as one line and exit with code 2.
+Entry points print its message as one line and exit with code 2.
 """
 
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from experiments import lm  # pylint: disable=wrong-import-position
-from launch.reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
 
 LEARNING_RATES = {"adamw": 1e-2, "lion": 3e-3, "sgd": 0.3}
 

@@ -21,10 +21,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-from algorithms import quantize as qz  # pylint: disable=wrong-import-position
+from trainlab.algorithms import quantize as qz  # pylint: disable=wrong-import-position
 from experiments import image, lm  # pylint: disable=wrong-import-position
-from launch.reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
-from training.loop import Trainer  # pylint: disable=wrong-import-position
+from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from trainlab.training.loop import Trainer  # pylint: disable=wrong-import-position
 
 # label -> (optimizer.name, extra optimizer keys)
 SETUPS: dict[str, tuple[str, dict[str, Any]]] = {"float32": ("adamw", {})}
