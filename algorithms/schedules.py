@@ -1,12 +1,15 @@
-"""Learning-rate schedules as pure `optax.Schedule`s, and the name registry configs use.
+"""Learning-rate schedules as pure `optax.Schedule`s, and the name table configs use.
 
 Conventions (shared/reference/algorithms.md): `t` counts optimizer updates already applied,
 so `schedule(0)` is the learning rate of the first update; past `total_steps` a schedule
 holds the value it reached at `total_steps`; bad arguments raise `ValueError` at
-construction, never inside jit.
+construction, never inside jit. Step counts of any size work (`total_steps >= 2**31`
+included, as optax's own schedules allow): a count that an int32 cannot hold enters the
+traced computation as a float.
 
-A registered builder has the signature `builder(peak_value, total_steps, **kwargs)`; configs
-call it as `build_schedule(schedule.name, optimizer.learning_rate, total_steps, **schedule)`.
+`SCHEDULES`, at the end of the module, names every builder, with the signature
+`builder(peak_value, total_steps, **kwargs)`; configs call it as
+`build_schedule(schedule.name, optimizer.learning_rate, total_steps, **schedule)`.
 """
 
 from __future__ import annotations
@@ -19,23 +22,10 @@ import numpy as np
 import optax
 
 ScheduleBuilder = Callable[..., optax.Schedule]
-SCHEDULES: dict[str, ScheduleBuilder] = {}
-
-
-def register_schedule(name: str) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
-  """Registers `builder(peak_value, total_steps, **kwargs)` under `name` for configs."""
-
-  def decorate(builder: ScheduleBuilder) -> ScheduleBuilder:
-    if name in SCHEDULES:
-      raise ValueError(f"schedule {name!r} is registered twice")
-    SCHEDULES[name] = builder
-    return builder
-
-  return decorate
 
 
 def build_schedule(name: str, peak_value: float, total_steps: int, **kwargs) -> optax.Schedule:
-  """The registered schedule `name` peaking at `peak_value` over `total_steps` updates."""
+  """The schedule `SCHEDULES[name]` peaking at `peak_value` over `total_steps` updates."""
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; known: {', '.join(sorted(SCHEDULES))}")
   return SCHEDULES[name](peak_value, total_steps, **kwargs)
@@ -47,32 +37,15 @@ def _check_steps(**steps: int) -> None:
       raise ValueError(f"{arg} must be >= 0, got {value}")
 
 
-@register_schedule("constant")
-def constant(peak_value: float, total_steps: int, warmup_steps: int = 0,
-             init_value: float = 0.0) -> optax.Schedule:
-  """Linear warmup from `init_value`, then `peak_value` for the rest of the run."""
-  _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
-  if warmup_steps > total_steps:
-    raise ValueError(f"warmup_steps ({warmup_steps}) > total_steps ({total_steps})")
-  if warmup_steps == 0:
-    return optax.constant_schedule(peak_value)
-  return optax.warmup_constant_schedule(init_value, peak_value, warmup_steps)
-
-
-@register_schedule("warmup_cosine")
-def warmup_cosine(peak_value: float, total_steps: int, warmup_steps: int = 0,
-                  init_value: float = 0.0, end_value: float = 0.0) -> optax.Schedule:
-  """Linear warmup, then a half cosine from `peak_value` to `end_value` at `total_steps`."""
-  _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
-  if warmup_steps >= total_steps:
-    raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
-  return optax.warmup_cosine_decay_schedule(
-      init_value, peak_value, warmup_steps, decay_steps=total_steps, end_value=end_value)
+def _count(steps: int) -> int | float:
+  """A step count as traced code takes it: a Python int while an int32 holds it (exact
+  comparisons with int32 steps), else a float (`jnp` cannot make an int32 of 10**10)."""
+  return steps if -2**31 <= steps < 2**31 else float(steps)
 
 
 def _hold_after(total_steps: int, schedule: optax.Schedule) -> optax.Schedule:
   """`schedule` up to `total_steps`, then the value it reached at `total_steps`."""
-  return lambda step: schedule(jnp.minimum(step, total_steps))
+  return lambda step: schedule(jnp.minimum(step, _count(total_steps)))
 
 
 def _phases(total_steps: int, phases: list[tuple[int, optax.Schedule]]) -> optax.Schedule:
@@ -82,17 +55,22 @@ def _phases(total_steps: int, phases: list[tuple[int, optax.Schedule]]) -> optax
   step at or past `total_steps` (the hold convention).
   """
   kept = [(n, fn) for n, fn in phases if n > 0]
-  boundaries = [int(b) for b in np.cumsum([n for n, _ in kept])[:-1]]
+  boundaries = [_count(int(b)) for b in np.cumsum([n for n, _ in kept], dtype=np.int64)[:-1]]
   return _hold_after(total_steps, optax.join_schedules([fn for _, fn in kept], boundaries))
 
 
 def _progress(count: jax.typing.ArrayLike, num_steps: int) -> jax.Array:
   """`count / num_steps` as a float clipped to [0, 1]."""
-  return jnp.clip(jnp.asarray(count) / num_steps, 0.0, 1.0)
+  return jnp.clip(jnp.asarray(count) / float(num_steps), 0.0, 1.0)
 
 
 def _linear(start: float, end: float, num_steps: int) -> optax.Schedule:
   return lambda count: start + (end - start) * _progress(count, num_steps)
+
+
+def _cosine(start: float, end: float, num_steps: int) -> optax.Schedule:
+  """Half cosine from `start` to `end` over `num_steps`."""
+  return lambda count: end + (start - end) * _cosine_shape(_progress(count, num_steps))
 
 
 def _check_positive(**values: float) -> None:
@@ -103,6 +81,33 @@ def _check_positive(**values: float) -> None:
 
 def _cosine_shape(x: jax.Array) -> jax.Array:
   return 0.5 * (1.0 + jnp.cos(jnp.pi * x))
+
+
+def constant(peak_value: float, total_steps: int, warmup_steps: int = 0,
+             init_value: float = 0.0) -> optax.Schedule:
+  """Linear warmup from `init_value`, then `peak_value` for the rest of the run."""
+  _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
+  if warmup_steps > total_steps:
+    raise ValueError(f"warmup_steps ({warmup_steps}) > total_steps ({total_steps})")
+  if warmup_steps == 0:
+    return optax.constant_schedule(peak_value)
+  return _phases(total_steps, [
+      (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
+      (total_steps - warmup_steps, optax.constant_schedule(peak_value)),
+  ])
+
+
+def warmup_cosine(peak_value: float, total_steps: int, warmup_steps: int = 0,
+                  init_value: float = 0.0, end_value: float = 0.0) -> optax.Schedule:
+  """Linear warmup, then a half cosine from `peak_value` to `end_value` at `total_steps`
+  (`optax.warmup_cosine_decay_schedule` with `decay_steps=total_steps`)."""
+  _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
+  if warmup_steps >= total_steps:
+    raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
+  return _phases(total_steps, [
+      (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
+      (total_steps - warmup_steps, _cosine(peak_value, end_value, total_steps - warmup_steps)),
+  ])
 
 
 # Decay shapes f(x), x in [0, 1] the fraction of the decay done, f(0) = 1, f(1) = 0.
@@ -123,7 +128,6 @@ def _pick(arg: str, name: str, options: dict[str, Callable]) -> Callable:
   return options[name]
 
 
-@register_schedule("wsd")
 def wsd_schedule(peak_value: float, total_steps: int, warmup_steps: int = 0,
                  decay_steps: int | None = None, decay_fraction: float = 0.1,
                  decay_shape: str = "1-sqrt", init_value: float = 0.0, end_value: float = 0.0,
@@ -200,12 +204,11 @@ def power_schedule(max_value: float, a: float, b: float, batch_size: int, tokens
   decay_start_value = eta_at(warmup_steps + stable_steps)
   return _phases(total_steps, [
       (warmup_steps, lambda count: _progress(count, warmup_steps) * warmup_end_value),
-      (stable_steps, lambda count: eta(jnp.asarray(count) + warmup_steps)),
+      (stable_steps, lambda count: eta(jnp.asarray(count) + _count(warmup_steps))),
       (decay_steps, lambda count: f(_progress(count, decay_steps)) * decay_start_value),
   ])
 
 
-@register_schedule("power")
 def _power_builder(peak_value: float, total_steps: int, **kwargs) -> optax.Schedule:
   """`power_schedule` with `peak_value` as its `max_value`."""
   return power_schedule(peak_value, total_steps=total_steps, **kwargs)
@@ -259,7 +262,6 @@ def infinite_lr_schedule(peak_value: float, constant_value: float, end_value: fl
   ])
 
 
-@register_schedule("infinite_lr")
 def _infinite_lr_builder(peak_value: float, total_steps: int, **kwargs) -> optax.Schedule:
   """`infinite_lr_schedule` peaking at `peak_value`."""
   return infinite_lr_schedule(peak_value, total_steps=total_steps, **kwargs)
@@ -288,19 +290,18 @@ def repeated_cosine_schedule(peak_value: float, end_value: float, steps_per_cycl
   decay_steps = steps_per_cycle - warmup_steps
 
   def schedule(step):
-    cycle, local = jnp.divmod(jnp.minimum(step, total_steps), steps_per_cycle)
+    cycle, local = jnp.divmod(jnp.minimum(step, _count(total_steps)), _count(steps_per_cycle))
     start = end_value if rewarm_from == "end" else 0.0
     start = jnp.where(cycle > 0, start, 0.0)
-    warmup = start + (peak_value - start) * local / max(warmup_steps, 1)
+    warmup = start + (peak_value - start) * local / float(max(warmup_steps, 1))
     decay = end_value + (peak_value - end_value) * _cosine_shape(
-        _progress(local - warmup_steps, decay_steps))
-    value = jnp.where(local < warmup_steps, warmup, decay)
+        _progress(local - _count(warmup_steps), decay_steps))
+    value = jnp.where(local < _count(warmup_steps), warmup, decay)
     return jnp.where(cycle >= num_cycles, end_value, value)
 
   return schedule
 
 
-@register_schedule("repeated_cosine")
 def _repeated_cosine_builder(peak_value: float, total_steps: int, num_cycles: int,
                              warmup_steps: int = 0, end_value: float = 0.0,
                              rewarm_from: str = "zero") -> optax.Schedule:
@@ -316,7 +317,6 @@ def _repeated_cosine_builder(peak_value: float, total_steps: int, num_cycles: in
                                   num_cycles, rewarm_from)
 
 
-@register_schedule("uba")
 def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: int = 0,
                  init_value: float = 0.0, end_value: float = 0.0) -> optax.Schedule:
   """Unified Budget-Aware schedule (Tang et al., "Stepsize anything", arXiv 2505.24452,
@@ -349,7 +349,7 @@ def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: 
   def decay(count):
     # `optax.cosine_decay_schedule`'s own operations: at phi = 2, `shape` is `u` bit for bit.
     count = jnp.minimum(count, float(decay_steps))
-    u = 0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps))
+    u = 0.5 * (1 + jnp.cos(jnp.pi * count / float(decay_steps)))
     shape = 2.0 * u / (phi + (2.0 - phi) * u)
     if not peak_value:
       return end_value * (1 - shape)
@@ -361,7 +361,6 @@ def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: 
   ])
 
 
-@register_schedule("step_decay")
 def step_decay_schedule(peak_value: float, total_steps: int,
                         boundaries: tuple[float, ...] = (0.5, 0.75), factor: float = 0.1,
                         warmup_steps: int = 0, init_value: float = 0.0) -> optax.Schedule:
@@ -380,14 +379,14 @@ def step_decay_schedule(peak_value: float, total_steps: int,
     scales[step] = scales.get(step, 1.0) * factor
   if min(scales, default=0) < 0:
     raise ValueError(f"warmup_steps ({warmup_steps}) must end before the first boundary")
-  decay = optax.piecewise_constant_schedule(peak_value, scales)
+  decay = optax.piecewise_constant_schedule(peak_value,
+                                           {_count(s): f for s, f in scales.items()})
   return _phases(total_steps, [
       (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
       (total_steps - warmup_steps, decay),
   ])
 
 
-@register_schedule("linear")
 def linear_schedule(peak_value: float, total_steps: int, warmup_steps: int = 0,
                     init_value: float = 0.0, end_value: float = 0.0) -> optax.Schedule:
   """Linear warmup from `init_value`, then linear decay to `end_value` at `total_steps`."""
@@ -396,23 +395,39 @@ def linear_schedule(peak_value: float, total_steps: int, warmup_steps: int = 0,
     raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
   return _phases(total_steps, [
       (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
-      (total_steps - warmup_steps, optax.linear_schedule(peak_value, end_value,
-                                                         total_steps - warmup_steps)),
+      (total_steps - warmup_steps, _linear(peak_value, end_value, total_steps - warmup_steps)),
   ])
 
 
-@register_schedule("onecycle")
 def onecycle_schedule(peak_value: float, total_steps: int, pct_start: float = 0.3,
                       div_factor: float = 25.0, final_div_factor: float = 1e4) -> optax.Schedule:
-  """OneCycle (Smith & Topin, arXiv 1708.07120) as `optax.cosine_onecycle_schedule`.
+  """OneCycle (Smith & Topin, arXiv 1708.07120), as `optax.cosine_onecycle_schedule`.
 
-  Cosine rise from `peak / div_factor` to `peak` over `pct_start * total_steps` updates, then
-  cosine fall to `peak / (div_factor * final_div_factor)` at `total_steps`, held after.
+  Cosine rise from `peak / div_factor` to `peak` over `int(pct_start * total_steps)` updates,
+  then cosine fall to `peak / (div_factor * final_div_factor)` at `total_steps`, held after.
   """
   _check_steps(total_steps=total_steps)
   _check_positive(total_steps=total_steps, div_factor=div_factor,
                   final_div_factor=final_div_factor)
   if not 0.0 < pct_start < 1.0:
     raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
-  return _hold_after(total_steps, optax.cosine_onecycle_schedule(
-      total_steps, peak_value, pct_start, div_factor, final_div_factor))
+  rise_steps = int(pct_start * total_steps)
+  start, low = peak_value / div_factor, peak_value / (div_factor * final_div_factor)
+  return _phases(total_steps, [
+      (rise_steps, _cosine(start, peak_value, rise_steps)),
+      (total_steps - rise_steps, _cosine(peak_value, low, total_steps - rise_steps)),
+  ])
+
+
+SCHEDULES: dict[str, ScheduleBuilder] = {
+    "constant": constant,
+    "warmup_cosine": warmup_cosine,
+    "wsd": wsd_schedule,
+    "power": _power_builder,
+    "infinite_lr": _infinite_lr_builder,
+    "repeated_cosine": _repeated_cosine_builder,
+    "uba": uba_schedule,
+    "step_decay": step_decay_schedule,
+    "linear": linear_schedule,
+    "onecycle": onecycle_schedule,
+}

@@ -570,3 +570,52 @@ def test_onecycle_matches_numpy(total, pct_start, div_factor, final_div_factor):
 def test_baseline_schedules_reject_bad_arguments(make, arg):
   with pytest.raises(ValueError, match=arg):
     make()
+
+
+# ------------------------------------------------ giant step counts (optax's own test)
+
+GIANT = 10**10  # total_steps; optax's `test_with_giant_int_steps` uses decay_steps=int(1e10)
+E8 = 10**8
+GIANT_CASES = {  # name: (builder kwargs, float64 NumPy value at step t)
+    "constant": (dict(warmup_steps=4 * 10**9, init_value=0.1),
+                 lambda t: 0.1 + 0.9 * min(t, 4e9) / 4e9),
+    "warmup_cosine": (dict(warmup_steps=5 * E8, end_value=0.1),
+                      lambda t: t / 5e8 if t < 5e8 else 0.1 + 0.9 * 0.5 * (
+                          1 + math.cos(math.pi * (min(t, GIANT) - 5e8) / (GIANT - 5e8)))),
+    "wsd": (dict(warmup_steps=5 * E8, decay_fraction=0.95, decay_shape="1-sqrt"),
+            lambda t: _np_wsd(t, 1.0, GIANT, 5 * E8, 95 * E8, "1-sqrt", 0.0, 0.0, None)),
+    "power": (dict(a=4.0, b=-0.51, batch_size=16, tokens_per_step=16384, warmup_steps=E8,
+                   decay_steps=80 * E8),
+              lambda t: _np_power(t, 1.0, 4.0, -0.51, 16, 16384, GIANT, E8, 80 * E8)),
+    "infinite_lr": (dict(constant_value=0.5, end_value=0.05, warmup_steps=E8,
+                         cooldown_steps=30 * E8, anneal_steps=30 * E8),
+                    lambda t: _np_infinite(t, 1.0, 0.5, 0.05, GIANT, E8, 30 * E8, 30 * E8,
+                                           "cosine", 10.0)),
+    "repeated_cosine": (dict(num_cycles=2, warmup_steps=E8, end_value=0.1),
+                        lambda t: _np_repeated_cosine(t, 1.0, 0.1, GIANT // 2, E8, 2, "zero")),
+    "uba": (dict(phi=0.5, warmup_steps=E8),
+            lambda t: _np_uba(t, 1.0, GIANT, 0.5, E8, 0.0, 0.0)),
+    "step_decay": (dict(boundaries=(0.05, 0.5), warmup_steps=E8),
+                   lambda t: _np_step_decay(t, 1.0, GIANT, (0.05, 0.5), 0.1, E8, 0.0)),
+    "linear": (dict(warmup_steps=E8, end_value=0.1),
+               lambda t: _np_linear(t, 1.0, GIANT, E8, 0.0, 0.1)),
+    "onecycle": (dict(), lambda t: _np_onecycle(t, 1.0, GIANT, 0.3, 25.0, 1e4)),
+}
+
+
+def test_giant_cases_cover_every_registered_schedule():
+  assert set(GIANT_CASES) == set(schedules.SCHEDULES)
+
+
+@pytest.mark.parametrize("name", sorted(GIANT_CASES))
+def test_giant_step_counts(name):
+  """`total_steps = 10**10` (and phases past 2**31) build without OverflowError. Under jit
+  at step `int(1e9)` in float32, as optax's `test_with_giant_int_steps`, and with x64 at steps
+  past 2**31 and past the end, the values are the float64 NumPy ones."""
+  kwargs, expected = GIANT_CASES[name]
+  schedule = schedules.build_schedule(name, 1.0, GIANT, **kwargs)
+  got = float(jax.jit(schedule)(int(1e9)))
+  np.testing.assert_allclose(got, expected(10**9), rtol=2e-6)
+  steps = [0, 3 * 10**9, 7 * 10**9, GIANT - 1, GIANT, 3 * GIANT]
+  ours = _values64(lambda: schedules.build_schedule(name, 1.0, GIANT, **kwargs), steps)
+  np.testing.assert_allclose(ours, [expected(t) for t in steps], rtol=RTOL, atol=1e-12)
