@@ -57,7 +57,7 @@ def allocate_rollouts(
     *,
     min_rollouts: int = 2,
     max_rollouts: int = 128,
-    default_rollouts: int = 8,
+    default_rollouts: int | None = None,
     valid: Sequence[bool] | np.ndarray | None = None,
     method: str = "exact",
     allow_fallback: bool = True,
@@ -70,7 +70,10 @@ def allocate_rollouts(
     min_rollouts: N_low, for every prompt with history.
     max_rollouts: N_up.
     default_rollouts: rollouts of a prompt without enough history (`valid=False`); such
-      prompts are left out of the optimization in every method, as officially.
+      prompts are left out of the optimization in every method, as officially. None: 8
+      clipped into `[min_rollouts, max_rollouts]`. A value given is checked against those
+      bounds only when some prompt lacks history (otherwise only "official" can read it,
+      when no prompt is useful or has p = 0, as the official code does).
     valid: per-prompt bool, whether the prompt has enough history; default all True.
     method: "exact", "dp" or "official" (see module docstring).
     allow_fallback: "official" only: hand the budget above the cost estimate of the useful
@@ -90,8 +93,8 @@ def allocate_rollouts(
       (`min_rollouts` per valid prompt plus `default_rollouts` per invalid one), or, for
       "official", where the official code fails its own budget assertion.
   """
-  p, is_valid, budget = _validate(success_rates, total_budget, min_rollouts, max_rollouts,
-                                  default_rollouts, valid, method)
+  p, is_valid, budget, default_rollouts = _validate(
+      success_rates, total_budget, min_rollouts, max_rollouts, default_rollouts, valid, method)
   if method == "official":
     return _official(p, is_valid, budget, default_rollouts, min_rollouts, max_rollouts,
                      allow_fallback)
@@ -138,17 +141,17 @@ def _validate(success_rates, total_budget, min_rollouts, max_rollouts, default_r
               valid, method):
   if method not in _METHODS:
     raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-  for name, value in (("min_rollouts", min_rollouts), ("max_rollouts", max_rollouts),
-                      ("default_rollouts", default_rollouts), ("total_budget", total_budget)):
+  integers = [("min_rollouts", min_rollouts), ("max_rollouts", max_rollouts),
+              ("total_budget", total_budget)]
+  if default_rollouts is not None:
+    integers.append(("default_rollouts", default_rollouts))
+  for name, value in integers:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
       raise ValueError(f"{name} must be an integer, got {value!r}")
   if min_rollouts < 1:
     raise ValueError(f"min_rollouts must be >= 1, got {min_rollouts}")
   if max_rollouts < min_rollouts:
     raise ValueError(f"max_rollouts ({max_rollouts}) must be >= min_rollouts ({min_rollouts})")
-  if not min_rollouts <= default_rollouts <= max_rollouts:
-    raise ValueError(f"default_rollouts ({default_rollouts}) must lie in "
-                     f"[min_rollouts, max_rollouts] = [{min_rollouts}, {max_rollouts}]")
   p = np.asarray(success_rates, dtype=np.float64)
   if p.ndim != 1:
     raise ValueError(f"success_rates must be 1-D, got shape {p.shape}")
@@ -162,11 +165,17 @@ def _validate(success_rates, total_budget, min_rollouts, max_rollouts, default_r
       raise ValueError(f"valid must have the shape of success_rates {p.shape}, "
                        f"got {is_valid.shape}")
     is_valid = is_valid.astype(bool)
+  if default_rollouts is None:
+    default_rollouts = min(max(8, min_rollouts), max_rollouts)
+  elif not is_valid.all() and not min_rollouts <= default_rollouts <= max_rollouts:
+    raise ValueError(f"default_rollouts ({default_rollouts}) must lie in "
+                     f"[min_rollouts, max_rollouts] = [{min_rollouts}, {max_rollouts}] (it is "
+                     "the rollouts of the prompts without history, valid=False)")
   needed = int(is_valid.sum()) * min_rollouts + int((~is_valid).sum()) * default_rollouts
   if total_budget < needed:
     raise ValueError(f"total_budget ({total_budget}) is below the minimum {needed} "
                      "(min_rollouts per valid prompt, default_rollouts per invalid one)")
-  return p, is_valid, int(total_budget)
+  return p, is_valid, int(total_budget), int(default_rollouts)
 
 
 _DENSE_UNITS = 1 << 18

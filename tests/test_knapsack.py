@@ -186,7 +186,8 @@ def test_budget_below_minimum_raises(method):
     (dict(success_rates=[[0.5]]), "success_rates"),
     (dict(min_rollouts=9, max_rollouts=8), "max_rollouts"),
     (dict(min_rollouts=0), "min_rollouts"),
-    (dict(default_rollouts=200), "default_rollouts"),
+    (dict(default_rollouts=200, valid=[True, False]), "default_rollouts"),
+    (dict(default_rollouts=1, valid=[False, False]), "default_rollouts"),
     (dict(method="greedy"), "method"),
     (dict(valid=[True]), "valid"),
     (dict(total_budget=100.5), "total_budget"),
@@ -196,6 +197,26 @@ def test_bad_arguments_raise(kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     knapsack.allocate_rollouts(args.pop("success_rates"), args.pop("total_budget"), **args)
+
+
+def test_default_rollouts_follow_the_bounds_and_are_checked_only_when_used():
+  """Issue 13: `min_rollouts=2, max_rollouts=4` works although 8 is outside the bounds."""
+  p = [0.5, 0.2, 0.0, 1.0]
+  # Every prompt has history: the allocation is the one the bounds alone define.
+  out = knapsack.allocate_rollouts(p, 10, min_rollouts=2, max_rollouts=4)
+  # Two units above the floor of 2: marginal gains p^2 q^3 (p^(n-1) + q^(n-1)) at n = 2 are
+  # 1/32 (p = 0.5) and 0.02048 (p = 0.2), then 1/64 for p = 0.5 at n = 3.
+  np.testing.assert_array_equal(out, [3, 3, 2, 2])
+  np.testing.assert_array_equal(
+      knapsack.allocate_rollouts(p, 10, min_rollouts=2, max_rollouts=4, default_rollouts=200),
+      out)
+  # Without history a prompt gets min(max(8, min_rollouts), max_rollouts) = 4 here.
+  out = knapsack.allocate_rollouts(p, 12, min_rollouts=2, max_rollouts=4,
+                                   valid=[True, True, True, False])
+  np.testing.assert_array_equal(out, [3, 3, 2, 4])
+  out = knapsack.allocate_rollouts(p, 40, min_rollouts=10, max_rollouts=16,
+                                   valid=[False, True, True, True])
+  assert out[0] == 10
 
 
 def test_effective_gradient_ratio_hand_cases():
