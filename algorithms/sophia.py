@@ -7,20 +7,21 @@ correction anywhere:
   m     <- b1 * m + (1 - b1) * g
   theta <- theta - lr * sign(m) * min(|m| / (rho * B * h + eps), clip_threshold)
 
-and, every `update_interval` steps, `h <- b2 * h + (1 - b2) * ghat**2` (`update_hessian`), where
-`ghat` is the gradient of the mean loss on labels sampled from the model's own softmax
-(`gnb_hessian_grads`, the Gauss-Newton-Bartlett estimator, paper Algorithm 2). `B` is the number
-of tokens (or examples) in the global batch: `E[ghat**2] = diag(GN) / B`, so `B * h` estimates
-the Gauss-Newton diagonal and `rho` is the paper's `gamma`.
+and, every k steps, `h <- b2 * h + (1 - b2) * ghat**2` (`update_hessian`), where `ghat` is the
+gradient of the mean loss on labels sampled from the model's own softmax (`gnb_hessian_grads`,
+the Gauss-Newton-Bartlett estimator, paper Algorithm 2). `B` is the number of tokens (or
+examples) in the global batch: `E[ghat**2] = diag(GN) / B`, so `B * h` estimates the
+Gauss-Newton diagonal and `rho` is the paper's `gamma`.
 
 Sophia-H (`estimator="hutchinson"`, paper Algorithm 1) feeds `u * (H u)` into the EMA unsquared
 (`hutchinson_hessian_diag`, an unbiased estimate of diag(H) itself, possibly negative) and divides
 by `max(gamma * h, eps)` as in the paper and `optax.contrib.sophia`; `rho` and `batch_size` are
 unused then.
 
-Who refreshes `h`: the train step, not `update`. Every `update_interval` steps it computes
+Who refreshes `h`: the caller (the train step), not `update`. Every k steps it computes
 `hessian_grads` (inside the same jitted step, under `jax.lax.cond`) and calls
-`update_hessian(opt_state, hessian_grads)`. Under data parallelism, compute `hessian_grads` from
+`update_hessian(opt_state, hessian_grads)`; `b2` is the one given to `sophia(...)`, which the
+state keeps (`SophiaState.hyperparams`). Under data parallelism, compute `hessian_grads` from
 the mean loss over the *global* batch inside the sharded jit, so the estimate is averaged across
 devices before it is squared.
 """
@@ -33,21 +34,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trainlab.algorithms.optimizers import register_optimizer
-
 ESTIMATORS = ("gnb", "hutchinson")
-_INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+# The scalars `update_hessian` and `win_rate` read from the state.
+STATE_HYPERPARAMS = ("b2", "rho", "batch_size", "eps", "clip_threshold", "gamma")
 
 
 class SophiaState(NamedTuple):
-  """`count`: updates applied; `mu`: momentum; `hessian`: EMA of the diagonal estimate."""
+  """`count`: updates applied; `mu`: momentum; `hessian`: EMA of the diagonal estimate;
+  `hyperparams`: `STATE_HYPERPARAMS` as `init` or the last `update` used them (under
+  `optax.inject_hyperparams`, the current values), scalars of the default float dtype."""
   count: jax.Array
   mu: optax.Updates
   hessian: optax.Updates
+  hyperparams: dict[str, jax.Array]
 
 
 def _check(name: str, value: Any, ok: Callable[[float], bool], want: str) -> None:
-  """Checks Python numbers only: schedules and `inject_hyperparams` arrays pass through."""
+  """Checks Python numbers only: `inject_hyperparams` arrays pass through."""
   if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
     raise ValueError(f"{name} must be {want}, got {value}")
 
@@ -56,8 +59,16 @@ def _hessian_dtype(param_dtype) -> jnp.dtype:
   return jnp.promote_types(param_dtype, jnp.float32)
 
 
+def _refuse_complex(params: Any) -> None:
+  for path, p in jax.tree_util.tree_leaves_with_path(params):
+    if jnp.iscomplexobj(p):
+      raise ValueError(f"Sophia's clipped step is defined for real parameters; "
+                       f"{jax.tree_util.keystr(path) or 'params'} is {jnp.dtype(p.dtype).name}")
+
+
 def scale_by_sophia(
     b1: float = 0.965,
+    b2: float = 0.99,
     rho: float = 0.04,
     batch_size: int = 1,
     eps: float = 1e-15,
@@ -69,11 +80,13 @@ def scale_by_sophia(
   """`sign(m) * min(|m| / denominator, clip_threshold)` with `m` the un-bias-corrected EMA.
 
   The denominator is `rho * batch_size * h + eps` (SophiaG) or `max(gamma * h, eps)`
-  (Sophia-H). `h` starts at zero and only `update_hessian` changes it; it is kept in at least
-  float32 whatever the parameter dtype. `mu` is stored in `mu_dtype` (default: the parameter
-  dtype, as the official code does).
+  (Sophia-H). `h` starts at zero and only `update_hessian` changes it (with decay `b2`, kept
+  in the state); it is kept in at least float32 whatever the parameter dtype. `mu` is stored
+  in `mu_dtype` (default: the parameter dtype, as the official code does). Complex parameters
+  are refused at `init`.
   """
   _check("b1", b1, lambda v: 0 <= v < 1, "in [0, 1)")
+  _check("b2", b2, lambda v: 0 <= v < 1, "in [0, 1)")
   _check("rho", rho, lambda v: v >= 0, ">= 0")
   _check("batch_size", batch_size, lambda v: v > 0, "> 0 (tokens in the global batch)")
   _check("eps", eps, lambda v: v >= 0, ">= 0")
@@ -82,12 +95,19 @@ def scale_by_sophia(
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)  # a dtype is always truthy
+  values = dict(b2=b2, rho=rho, batch_size=batch_size, eps=eps, clip_threshold=clip_threshold,
+                gamma=gamma)
+
+  def hyperparams():
+    return {k: jnp.asarray(v, jnp.result_type(float)) for k, v in values.items()}
 
   def init_fn(params):
+    _refuse_complex(params)
     return SophiaState(
         count=jnp.zeros([], jnp.int32),
         mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params),
-        hessian=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_hessian_dtype(p.dtype)), params))
+        hessian=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_hessian_dtype(p.dtype)), params),
+        hyperparams=hyperparams())
 
   def direction(m, h, g):
     if estimator == "gnb":
@@ -103,12 +123,12 @@ def scale_by_sophia(
     updates = jax.tree.map(direction, mu, state.hessian, updates)
     mu = jax.tree.map(lambda m, p: m.astype(p.dtype), mu, state.mu)
     count = optax.safe_increment(state.count)
-    return updates, SophiaState(count=count, mu=mu, hessian=state.hessian)
+    return updates, SophiaState(count=count, mu=mu, hessian=state.hessian,
+                                hyperparams=hyperparams())
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@register_optimizer("sophia")
 def sophia(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.965,
@@ -118,7 +138,6 @@ def sophia(
     batch_size: int = 1,
     eps: float = 1e-15,
     clip_threshold: float = 1.0,
-    update_interval: int = 10,
     weight_decay_mask: Any = None,
     estimator: str = "gnb",
     gamma: float = 0.01,
@@ -126,19 +145,32 @@ def sophia(
 ) -> optax.GradientTransformation:
   """SophiaG (default) or Sophia-H with decoupled weight decay: the official update rule.
 
+  Not `optax.contrib.sophia`, although the name is the same:
+
+    * no bias correction: `m` is used as is (optax divides by `1 - b1^t`);
+    * `eps=1e-15`, the official value (optax: 1e-8);
+    * decoupled weight decay 0.1 by default, the official value (optax: 1e-4);
+    * SophiaG by default: the Gauss-Newton-Bartlett estimate, denominator
+      `rho * batch_size * h + eps`; `estimator="hutchinson"` is Sophia-H, optax's only kind,
+      with `max(gamma * h, eps)`;
+    * the Hessian EMA `h` is refreshed by the caller, never inside `update`: every k steps
+      (the trainer's `optimizer.update_interval`), `state = update_hessian(state,
+      hessian_grads)` with `hessian_grads` from `gnb_hessian_grads` or
+      `hutchinson_hessian_diag`. So `update` takes no `obj_fn`, there is no `update_interval`
+      argument, and until the first refresh (`h = 0`) every step is
+      `-lr * (clip_threshold * sign(m) + weight_decay * theta)`.
+
   `update = -lr * (sophia_direction + weight_decay * theta)`, which is the official
-  `theta * (1 - lr * wd) - lr * direction`. `b2` and `update_interval` do not enter `update`:
-  `b2` is read by `update_hessian` (from the `inject_hyperparams` state, or pass it there) and
-  the trainer reads `update_interval`. Wrap in `optax.inject_hyperparams` to schedule any
-  numeric hyperparameter; `learning_rate` and `weight_decay` accept schedules directly. Under
-  `inject_hyperparams`, give `mu_dtype` as a string ("float32"): a dtype class is callable and
-  would be taken for a schedule.
+  `theta * (1 - lr * wd) - lr * direction`. `b2` is the EMA decay of `update_hessian`; the
+  state keeps it, and `rho`, `batch_size`, `eps`, `clip_threshold`, `gamma` for `win_rate`, so
+  both work on a plain `sophia(...)` state. `learning_rate` and `weight_decay` accept
+  schedules; wrap in `optax.inject_hyperparams` to schedule any other numeric hyperparameter
+  (the state then holds the current values). Under `inject_hyperparams`, give `mu_dtype` as a
+  string ("float32"): a dtype class is callable and would be taken for a schedule.
   """
-  _check("b2", b2, lambda v: 0 <= v < 1, "in [0, 1)")
   _check("weight_decay", weight_decay, lambda v: v >= 0, ">= 0")
-  _check("update_interval", update_interval, lambda v: v >= 1 and v == int(v), "an integer >= 1")
   return optax.chain(
-      scale_by_sophia(b1=b1, rho=rho, batch_size=batch_size, eps=eps,
+      scale_by_sophia(b1=b1, b2=b2, rho=rho, batch_size=batch_size, eps=eps,
                       clip_threshold=clip_threshold, estimator=estimator, gamma=gamma,
                       mu_dtype=mu_dtype),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
@@ -146,32 +178,26 @@ def sophia(
   )
 
 
-def _map_sophia_states(fn: Callable[[SophiaState, dict], SophiaState], opt_state: Any,
-                       hyperparams: dict | None = None) -> Any:
-  """Replaces every `SophiaState` in `opt_state` by `fn(state, hyperparams)`.
-
-  `hyperparams` are those of the innermost enclosing `inject_hyperparams` state. Chains,
-  `masked`, `apply_if_finite`, `MultiSteps` and other wrappers are walked as plain pytrees.
-  """
-  hyperparams = hyperparams or {}
-  is_node = lambda x: isinstance(x, (SophiaState, *_INJECT_STATES))
-
-  def visit(node):
-    if isinstance(node, SophiaState):
-      return fn(node, hyperparams)
-    inner = _map_sophia_states(fn, node.inner_state, {**hyperparams, **node.hyperparams})
-    return node._replace(inner_state=inner)
-
-  return jax.tree.map(lambda x: visit(x) if is_node(x) else x, opt_state, is_leaf=is_node)
+def _is_sophia(x: Any) -> bool:
+  return isinstance(x, SophiaState)
 
 
-def _hyperparam(name: str, given: Any, hyperparams: dict) -> Any:
-  if given is not None:
-    return given
-  if name in hyperparams:
-    return hyperparams[name]
-  raise ValueError(f"{name} is not in the optimizer state (no inject_hyperparams around sophia); "
-                   f"pass {name}= explicitly")
+def _map_sophia_states(fn: Callable[[SophiaState], SophiaState], opt_state: Any) -> Any:
+  """Replaces every `SophiaState` in `opt_state` by `fn(state)`; chains, `masked`,
+  `inject_hyperparams`, `apply_if_finite`, `MultiSteps` and other wrappers are walked as
+  plain pytrees."""
+  return jax.tree.map(lambda x: fn(x) if _is_sophia(x) else x, opt_state, is_leaf=_is_sophia)
+
+
+def _collect(opt_state: Any) -> list[SophiaState]:
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_sophia) if _is_sophia(x)]
+  if not found:
+    raise ValueError("opt_state holds no SophiaState")
+  return found
+
+
+def _hyperparam(state: SophiaState, name: str, given: Any) -> Any:
+  return state.hyperparams[name] if given is None else given
 
 
 def _skip_masked(fn: Callable[..., Any], *trees: Any) -> Any:
@@ -180,21 +206,25 @@ def _skip_masked(fn: Callable[..., Any], *trees: Any) -> Any:
                       is_leaf=is_masked)
 
 
-def update_hessian(opt_state: Any, hessian_grads: optax.Updates, b2: float | None = None,
+def _check_estimator(estimator: str) -> None:
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+
+def update_hessian(opt_state: Any, hessian_grads: optax.Updates, b2: Any = None,
                    estimator: str = "gnb") -> Any:
   """The official `SophiaG.update_hessian()`: `h <- b2 * h + (1 - b2) * hessian_grads**2`.
 
   Applied to every `SophiaState` inside `opt_state` (chained, injected, masked, wrapped in
   `apply_if_finite`, ...); `hessian_grads` has the parameters' structure. `b2` defaults to the
-  value in the enclosing `inject_hyperparams` state; without one, pass it. With
-  `estimator="hutchinson"`, `hessian_grads` is the estimate `u * (H u)` and enters unsquared.
-  The step count is untouched, as in the official code.
+  state's own (the `b2` given to `sophia(...)`, or its current `inject_hyperparams` value); an
+  explicit `b2` overrides it. With `estimator="hutchinson"`, `hessian_grads` is the estimate
+  `u * (H u)` and enters unsquared. The step count is untouched, as in the official code.
   """
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+  _check_estimator(estimator)
 
-  def ema(state: SophiaState, hyperparams: dict) -> SophiaState:
-    decay = _hyperparam("b2", b2, hyperparams)
+  def ema(state: SophiaState) -> SophiaState:
+    decay = _hyperparam(state, "b2", b2)
 
     def leaf(h, g):
       g = g.astype(h.dtype)
@@ -206,31 +236,24 @@ def update_hessian(opt_state: Any, hessian_grads: optax.Updates, b2: float | Non
   return _map_sophia_states(ema, opt_state)
 
 
-def _collect(opt_state: Any) -> list[tuple[SophiaState, dict]]:
-  found = []
-  _map_sophia_states(lambda s, hp: found.append((s, hp)) or s, opt_state)
-  if not found:
-    raise ValueError("opt_state holds no SophiaState")
-  return found
-
-
-def win_rate(opt_state: Any, rho: float | None = None, batch_size: int | None = None,
-             clip_threshold: float | None = None, gamma: float | None = None,
+def win_rate(opt_state: Any, rho: Any = None, batch_size: Any = None,
+             clip_threshold: Any = None, gamma: Any = None, eps: Any = None,
              estimator: str = "gnb") -> jax.Array:
   """Share of coordinates not clipped, the health metric (ideally 0.1 to 0.5).
 
   SophiaG: `|m| < clip_threshold * rho * batch_size * h`, as `train_sophiag.py` logs it
   (`clip_threshold` = 1 there); Sophia-H: `|m| < clip_threshold * max(gamma * h, eps)`.
-  Hyperparameters left `None` come from the enclosing `inject_hyperparams` state.
+  Hyperparameters left `None` are the state's own (those `sophia(...)` was given).
   """
+  _check_estimator(estimator)
   hits, total = 0, 0
-  for state, hp in _collect(opt_state):
-    c = clip_threshold if clip_threshold is not None else hp.get("clip_threshold", 1.0)
+  for state in _collect(opt_state):
+    c = _hyperparam(state, "clip_threshold", clip_threshold)
     if estimator == "gnb":
-      scale = _hyperparam("rho", rho, hp) * _hyperparam("batch_size", batch_size, hp)
+      scale = _hyperparam(state, "rho", rho) * _hyperparam(state, "batch_size", batch_size)
       bound = lambda h: c * scale * h
     else:
-      g, e = _hyperparam("gamma", gamma, hp), hp.get("eps", 1e-15)  # eps: sophia's default
+      g, e = _hyperparam(state, "gamma", gamma), _hyperparam(state, "eps", eps)
       bound = lambda h: c * jnp.maximum(g * h, e)
     wins = _skip_masked(lambda m, h: jnp.sum(jnp.abs(m) < bound(h)), state.mu, state.hessian)
     for leaf in jax.tree.leaves(wins):
@@ -241,7 +264,7 @@ def win_rate(opt_state: Any, rho: float | None = None, batch_size: int | None = 
 
 def hessian_norm(opt_state: Any) -> jax.Array:
   """Global L2 norm of the Hessian EMA `h` (the official loop logs it as `hessian_norm2`)."""
-  leaves = [h for s, _ in _collect(opt_state) for h in jax.tree.leaves(s.hessian)]
+  leaves = [h for s in _collect(opt_state) for h in jax.tree.leaves(s.hessian)]
   return jnp.sqrt(sum(jnp.sum(jnp.square(h.astype(jnp.float32))) for h in leaves))
 
 

@@ -21,7 +21,6 @@ import optax
 import pytest
 
 from trainlab.algorithms import sophia as sophia_lib
-from trainlab.algorithms.optimizers import OPTIMIZERS
 
 OFFICIAL = json.loads((pathlib.Path(__file__).parent / "testdata/sophia_official.json").read_text())
 
@@ -195,11 +194,50 @@ def test_update_hessian_inside_wrapped_state_and_metrics():
   assert 0 < float(sophia_lib.win_rate(state)) < 1
   assert float(sophia_lib.hessian_norm(state)) == pytest.approx(np.sqrt(np.sum(h**2)), rel=1e-6)
 
-  plain = sophia_lib.sophia(0.1).init(params)
-  with pytest.raises(ValueError, match="b2"):
-    sophia_lib.update_hessian(plain, g1)
-  with pytest.raises(ValueError, match="batch_size"):
-    sophia_lib.win_rate(plain, rho=0.1)
+
+
+def test_plain_state_knows_its_hyperparameters():
+  """Issue 13: `update_hessian(opt_state, hessian_grads)` and `win_rate(opt_state)` on a plain
+  `sophia(...)` state (no inject_hyperparams), and explicit arguments still override."""
+  params = {"w": jnp.arange(6.0).reshape(2, 3) / 10, "b": jnp.array([0.5, -0.5])}
+  tx = sophia_lib.sophia(0.1, b2=0.9, rho=0.02, batch_size=3, weight_decay=0.0)
+  g1 = {"w": jnp.full((2, 3), 2.0), "b": jnp.array([1.0, -3.0])}
+  g2 = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.array([0.0, 1.0])}
+  state = sophia_lib.update_hessian(tx.init(params), g1)
+  _, state = tx.update({"w": jnp.full((2, 3), 0.1), "b": jnp.array([0.2, 0.01])}, state, params)
+  state = jax.jit(sophia_lib.update_hessian)(state, g2)
+  for name in params:
+    expected = 0.9 * (0.1 * np.asarray(g1[name], np.float64) ** 2) + 0.1 * np.asarray(
+        g2[name], np.float64) ** 2
+    np.testing.assert_allclose(np.asarray(state[0].hessian[name]), expected, rtol=1e-6)
+  mu = np.concatenate([np.ravel(state[0].mu[n]) for n in ("b", "w")])
+  h = np.concatenate([np.ravel(state[0].hessian[n]) for n in ("b", "w")])
+  rate = float(sophia_lib.win_rate(state))
+  assert rate == pytest.approx(np.mean(np.abs(mu) < 0.02 * 3 * h))
+  assert 0 < rate < 1
+  assert float(sophia_lib.win_rate(state, rho=1.0)) == pytest.approx(np.mean(np.abs(mu) < 3 * h))
+  hutchinson = float(sophia_lib.win_rate(state, estimator="hutchinson", gamma=1.0, eps=0.05))
+  assert hutchinson == pytest.approx(np.mean(np.abs(mu) < np.maximum(h, 0.05)))
+  overridden = sophia_lib.update_hessian(state, g1, b2=0.5)[0].hessian["b"]
+  np.testing.assert_allclose(np.asarray(overridden),
+                             0.5 * np.asarray(state[0].hessian["b"]) + 0.5 * np.asarray(
+                                 g1["b"]) ** 2, rtol=1e-6)
+
+
+def test_state_b2_follows_an_injected_schedule():
+  """Under inject_hyperparams the state holds the b2 of the last update: b2(t) = schedule(t)."""
+  b2 = optax.linear_schedule(0.5, 0.9, 4)
+  tx = optax.inject_hyperparams(sophia_lib.sophia)(learning_rate=0.1, b2=b2)
+  params = {"x": jnp.ones(3)}
+  state = tx.init(params)
+  h = np.zeros(3)
+  for t in range(3):
+    g = np.array([1.0, 2.0, 3.0]) * (t + 1)
+    _, state = tx.update({"x": jnp.ones(3)}, state, params)  # update t uses b2(t)
+    state = sophia_lib.update_hessian(state, {"x": jnp.asarray(g, jnp.float32)})
+    decay = 0.5 + 0.1 * t
+    h = decay * h + (1 - decay) * g**2
+    np.testing.assert_allclose(np.asarray(state.inner_state[0].hessian["x"]), h, rtol=1e-6)
 
 
 def test_update_hessian_skips_masked_leaves():
@@ -272,16 +310,18 @@ def test_inject_hyperparams_equivalence():
   np.testing.assert_allclose(s1[0].hessian["w"], s2.inner_state[0].hessian["w"], rtol=1e-5)
 
 
-def test_registered_and_bad_arguments():
-  assert OPTIMIZERS["sophia"] is sophia_lib.sophia
+def test_bad_arguments():
   for kwargs, name in [({"b1": 1.0}, "b1"), ({"b2": -0.1}, "b2"), ({"rho": -1.0}, "rho"),
                        ({"batch_size": 0}, "batch_size"),
-                       ({"update_interval": 0}, "update_interval"),
                        ({"estimator": "fisher"}, "estimator"),
                        ({"clip_threshold": 0.0}, "clip_threshold"),
                        ({"weight_decay": -0.1}, "weight_decay")]:
     with pytest.raises(ValueError, match=name):
       sophia_lib.sophia(0.1, **kwargs)
+  with pytest.raises(TypeError, match="update_interval"):  # the trainer's key now
+    sophia_lib.sophia(0.1, update_interval=10)
+  with pytest.raises(ValueError, match="real parameters.*complex64"):
+    sophia_lib.sophia(0.1).init({"z": jnp.ones(2, jnp.complex64)})
 
 
 _SHARDING_SCRIPT = textwrap.dedent("""
