@@ -13,14 +13,14 @@ from typing import Callable
 
 import numpy as np
 
-from trainlab.data import images, text
+from trainlab.data import images, text, tokens
 from trainlab.errors import UsageError
 
 IMAGE_DATASETS: dict[str, Callable[..., images.ImageDataset]] = {
     "fashion-mnist": lambda path, split_seed: images.load_fashion_mnist(path),
     "digits": lambda path, split_seed: images.load_digits(split_seed),
 }
-DATASET_NAMES = tuple(sorted([*text.CORPORA, *IMAGE_DATASETS]))
+DATASET_NAMES = tuple(sorted([*text.CORPORA, *IMAGE_DATASETS, "tokens"]))
 _EVAL_STREAM = 0xE7A1  # rng stream of the eval windows, independent of the run's seed
 
 
@@ -34,7 +34,7 @@ class Dataset:
   train_batch: Callable[[int], dict[str, np.ndarray]]
   eval_batches: Callable[[], list[dict[str, np.ndarray]]]
   baseline_loss: float | None = None  # unigram cross-entropy for "lm", ln(classes) for images
-  train_size: int = 0  # examples (images) or bytes (text) in the training split
+  train_size: int = 0  # examples (images), bytes (text) or tokens ("tokens") in the training split
 
 
 def _with_weights(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -42,8 +42,15 @@ def _with_weights(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def make_dataset(name: str, *, seed: int, batch_size: int, seq_len: int = 0,
-                 eval_batches: int = 4, path: str = "", split_seed: int = 0) -> Dataset:
-  """Builds dataset `name`; raises `UsageError` for unknown names or missing files."""
+                 eval_batches: int = 4, path: str = "", split_seed: int = 0,
+                 vocab_size: int = 0) -> Dataset:
+  """Builds dataset `name`; raises `UsageError` for unknown names or missing files.
+
+  `path` and `vocab_size` are the shards and vocabulary of `tokens` (see `tokens.py`).
+  """
+  if name == "tokens":
+    return _token_dataset(seed=seed, batch_size=batch_size, seq_len=seq_len,
+                          eval_batches=eval_batches, path=path, vocab_size=vocab_size)
   if name in text.CORPORA:
     corpus = text.load_corpus(name, split_seed=split_seed)
     if seq_len <= 0:
@@ -86,3 +93,21 @@ def make_dataset(name: str, *, seed: int, batch_size: int, seq_len: int = 0,
                    image_eval_batches, float(np.log(ds.num_classes)), len(ds.train_labels))
 
   raise UsageError(f"data.name={name!r} is unknown; use one of {', '.join(DATASET_NAMES)}")
+
+
+def _token_dataset(*, seed: int, batch_size: int, seq_len: int, eval_batches: int, path: str,
+                   vocab_size: int) -> Dataset:
+  if seq_len <= 0:
+    raise UsageError(f"data.seq_len must be > 0 for 'tokens', got {seq_len}")
+  corpus = tokens.load_corpus(path, vocab_size=vocab_size, seq_len=seq_len,
+                              holdout_tokens=eval_batches * batch_size * (seq_len + 1))
+
+  def train_batch(step: int) -> dict[str, np.ndarray]:
+    return _with_weights(corpus.train.windows(np.random.default_rng([seed, step]), batch_size))
+
+  def token_eval_batches() -> list[dict[str, np.ndarray]]:
+    return [_with_weights(corpus.validation.windows(np.random.default_rng([_EVAL_STREAM, i]),
+                                                    batch_size)) for i in range(eval_batches)]
+
+  return Dataset("tokens", "lm", vocab_size, (seq_len,), train_batch, token_eval_batches,
+                 corpus.unigram_entropy, corpus.train.num_tokens)
