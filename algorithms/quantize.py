@@ -12,6 +12,13 @@ itself, so `q.dequantize()` needs nothing else. Formats (`QUANTIZERS` names them
                      high nibble, last axis padded to even length): 0.5 byte/element.
   uniform_grid(step) values `step * k`, codes int32 `k`, no scale (exact tests only).
 
+Storage is integer: float codes and scales are held as their bit patterns (fp8 codes as the
+uint8 bits of `float8_e4m3fn`, float32 scales as uint32 bits; int8, packed int4 and int32
+codes as they are); `q.code_values` and `q.scale_values` read them as numbers. So the update
+from `old` to `new` is `delta(old, new)`, a `QuantizedArray` of wrapping integer differences,
+and `optax.apply_updates(old, delta(old, new))` (leaf by leaf `p + u` in the leaf's integer
+dtype) is `new` bit for bit; a zero update leaves `old` unchanged.
+
 `pow2_scales=True` rounds each scale up to a power of two (as MX formats do). Dequantized
 values `code * 2^k` are then exact in float32, so `theta_hat + (q - theta_hat) == q` in float32
 whenever the scale changes by less than 2^6 in one step: params held as dequantized floats land
@@ -48,10 +55,20 @@ ROUNDINGS = ("nearest", "stochastic")
 _FP8_MAX = 448.0
 
 
+_FLOAT_BITS = {jnp.dtype(jnp.float8_e4m3fn): jnp.uint8, jnp.dtype(jnp.float32): jnp.uint32}
+
+
+def _to_bits(x: jax.Array) -> jax.Array:
+  """A float array as the unsigned integers of its bit patterns; integer arrays unchanged."""
+  bits = _FLOAT_BITS.get(jnp.dtype(x.dtype))
+  return x if bits is None else jax.lax.bitcast_convert_type(x, bits)
+
+
 @jax.tree_util.register_pytree_with_keys_class
 @dataclasses.dataclass(frozen=True)
 class QuantizedArray:
-  """Codes and scales of one quantized tensor; the quantizer (static) knows how to decode."""
+  """Codes and scales of one quantized tensor, stored as integers (bit patterns of fp8 codes
+  and float32 scales, see the module docstring); the quantizer (static) knows how to decode."""
 
   codes: jax.Array
   scales: jax.Array | None
@@ -71,6 +88,20 @@ class QuantizedArray:
 
   def dequantize(self) -> jax.Array:
     return self.quantizer.dequantize(self)
+
+  @property
+  def code_values(self) -> jax.Array:
+    """The codes as numbers: float8_e4m3fn (fp8), int8, packed uint8 (int4), int32 (grid)."""
+    if self.quantizer.fmt == "fp8_e4m3":
+      return jax.lax.bitcast_convert_type(self.codes, jnp.float8_e4m3fn)
+    return self.codes
+
+  @property
+  def scale_values(self) -> jax.Array | None:
+    """The float32 scales (None for `uniform_grid`)."""
+    if self.scales is None:
+      return None
+    return jax.lax.bitcast_convert_type(self.scales, jnp.float32)
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -94,6 +125,21 @@ class QuantizedArray:
 
 def _is_quantized(x: Any) -> bool:
   return isinstance(x, QuantizedArray)
+
+
+def delta(old: QuantizedArray, new: QuantizedArray) -> QuantizedArray:
+  """The update that takes `old` to `new` under `optax.apply_updates`, exactly.
+
+  Its children are `new.codes - old.codes` and `new.scales - old.scales`, wrapping in the
+  stored integer dtypes, so `old.codes + u.codes == new.codes` bit for bit. It is not a
+  quantized tensor: never dequantize it, and chain nothing after the optimizer that
+  rescales updates.
+  """
+  if (old.quantizer, old.shape) != (new.quantizer, new.shape):
+    raise ValueError(f"delta needs one quantizer and shape, got {old.quantizer} {old.shape} "
+                     f"and {new.quantizer} {new.shape}")
+  scales = None if new.scales is None else new.scales - old.scales
+  return QuantizedArray(new.codes - old.codes, scales, new.quantizer, new.shape)
 
 
 def dequantize_tree(tree: Any) -> Any:
@@ -168,8 +214,9 @@ class Quantizer:
 
   def _scales(self, x: jax.Array) -> jax.Array:
     axis = self._axis(x.ndim)
-    absmax = jnp.max(jnp.abs(x), axis=axis, keepdims=True) if axis is not None else (
-        jnp.max(jnp.abs(x)).reshape((1,) * x.ndim))
+    # `initial=0`: an empty tensor (or slice) gets scale 1 instead of a reduction error.
+    absmax = jnp.max(jnp.abs(x), axis=axis, keepdims=True, initial=0.0) if axis is not None else (
+        jnp.max(jnp.abs(x), initial=0.0).reshape((1,) * x.ndim))
     scales = jnp.where(absmax > 0, absmax / self.qmax, 1.0).astype(jnp.float32)
     if self.pow2_scales:
       mantissa, exponent = jnp.frexp(scales)  # scales = mantissa 2^exponent, mantissa in [.5, 1)
@@ -194,7 +241,7 @@ class Quantizer:
       codes = jnp.clip(_round_int(y, rounding, key), -self.qmax, self.qmax).astype(jnp.int8)
       if self.fmt == "int4":
         codes = pack_int4(codes)
-    return QuantizedArray(codes, scales, self, x.shape)
+    return QuantizedArray(_to_bits(codes), _to_bits(scales), self, x.shape)
 
   def dequantize(self, q: QuantizedArray) -> jax.Array:
     return _dequantize_jit(q)
@@ -202,8 +249,8 @@ class Quantizer:
   def _dequantize(self, q: QuantizedArray) -> jax.Array:
     if self.fmt == "uniform_grid":
       return q.codes.astype(jnp.float32) * jnp.float32(self.step)
-    codes = unpack_int4(q.codes, q.shape) if self.fmt == "int4" else q.codes
-    return codes.astype(jnp.float32) * q.scales
+    codes = unpack_int4(q.codes, q.shape) if self.fmt == "int4" else q.code_values
+    return codes.astype(jnp.float32) * q.scale_values
 
   def roundtrip(self, x: jax.Array, rounding: str = "nearest",
                 key: jax.Array | None = None) -> jax.Array:
@@ -218,12 +265,12 @@ class Quantizer:
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _quantize_jit(quantizer: Quantizer, x: jax.Array, rounding: str,
                   key: jax.Array | None) -> QuantizedArray:
-  return quantizer._quantize(x, rounding, key)  # pylint: disable=protected-access
+  return quantizer._quantize(x, rounding, key)
 
 
 @jax.jit
 def _dequantize_jit(q: QuantizedArray) -> jax.Array:
-  return q.quantizer._dequantize(q)  # pylint: disable=protected-access
+  return q.quantizer._dequantize(q)
 
 
 def _round_fp8(y: jax.Array, rounding: str, key: jax.Array | None) -> jax.Array:

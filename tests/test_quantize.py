@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from trainlab.algorithms import quantize as qz
@@ -61,7 +62,7 @@ def sample_x(shape=(4, 32), seed=0) -> np.ndarray:
 
 def used_scales(quantizer: qz.Quantizer, x: np.ndarray) -> np.ndarray:
   """The scales the quantizer picked (checked against absmax / qmax separately)."""
-  return np.asarray(quantizer.quantize(jnp.asarray(x)).scales, np.float64)
+  return np.asarray(quantizer.quantize(jnp.asarray(x)).scale_values, np.float64)
 
 
 FORMATS = [("fp8_e4m3", -1), ("fp8_e4m3", None), ("fp8_e4m3", 0), ("int8", -1),
@@ -75,7 +76,7 @@ def test_scales_follow_layout(fmt, axis):
   expected = np_scales(x, fmt, axis)
   assert q.scales.shape == expected.shape
   # XLA may divide by 448 as a multiply by 1/448: one float32 ulp.
-  np.testing.assert_allclose(np.asarray(q.scales), expected, rtol=2.4e-7)
+  np.testing.assert_allclose(np.asarray(q.scale_values), expected, rtol=2.4e-7)
 
 
 def test_fp8_nearest_matches_table_with_ties_to_even():
@@ -85,8 +86,8 @@ def test_fp8_nearest_matches_table_with_ties_to_even():
   ties = (values[1:] + values[:-1]) / 2  # exact midpoints of every pair of neighbours
   y = np.concatenate([[448.0], y, ties, -ties]).astype(np.float32)  # 448 first: scale 1
   q = qz.fp8_e4m3(axis=None).quantize(jnp.asarray(y))
-  assert float(q.scales.reshape(())) == 1.0
-  assert q.codes.dtype == jnp.float8_e4m3fn
+  assert float(q.scale_values.reshape(())) == 1.0
+  assert q.code_values.dtype == jnp.float8_e4m3fn
   np.testing.assert_array_equal(np.asarray(q.dequantize(), np.float64),
                                 np_fp8_nearest(y.astype(np.float64)))
 
@@ -178,7 +179,7 @@ def test_int4_quantized_array_decodes_its_codes():
   q = qz.int4().quantize(jnp.asarray(x))
   codes = np.asarray(qz.unpack_int4(q.codes, (3, 9)), np.float64)
   assert np.all(np.abs(codes) <= 7)
-  np.testing.assert_allclose(np.asarray(q.dequantize()), codes * np.asarray(q.scales),
+  np.testing.assert_allclose(np.asarray(q.dequantize()), codes * np.asarray(q.scale_values),
                              rtol=1e-7)
 
 
@@ -229,10 +230,55 @@ def test_bad_arguments_raise():
 def test_pow2_scales_round_absmax_scale_up_to_a_power_of_two(fmt):
   x = sample_x(seed=6)
   q = qz.QUANTIZERS[fmt](pow2_scales=True).quantize(jnp.asarray(x))
-  s = np.asarray(q.scales, np.float64)
+  s = np.asarray(q.scale_values, np.float64)
   exact = np.max(np.abs(x.astype(np.float64)), axis=-1, keepdims=True) / QMAX[fmt]
   assert np.all(np.log2(s) == np.round(np.log2(s)))
   assert np.all((s >= exact * (1 - 1e-6)) & (s < 2 * exact))
   out = np.asarray(q.dequantize(), np.float64)
   lo, hi = np_neighbours(x.astype(np.float64) / s, fmt)
   assert np.all(np.abs(out - x) <= (hi - lo) * s / 2 + 1e-6 * np.abs(x))
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8", "int4"])
+def test_storage_is_the_bit_patterns_of_the_values(fmt):
+  x = jnp.asarray(sample_x(seed=7))
+  q = qz.QUANTIZERS[fmt]().quantize(x)
+  codes_dtype = {"fp8_e4m3": jnp.uint8, "int8": jnp.int8, "int4": jnp.uint8}[fmt]
+  assert q.codes.dtype == codes_dtype and q.scales.dtype == jnp.uint32
+  assert [path for path, _ in jax.tree_util.tree_leaves_with_path(q)] == [
+      (jax.tree_util.GetAttrKey("codes"),), (jax.tree_util.GetAttrKey("scales"),)]
+  np.testing.assert_array_equal(np.asarray(q.scales).view(np.float32),
+                                np.asarray(q.scale_values))
+  if fmt == "fp8_e4m3":
+    import ml_dtypes  # pylint: disable=import-outside-toplevel
+    np.testing.assert_array_equal(np.asarray(q.codes).view(ml_dtypes.float8_e4m3fn)
+                                  .astype(np.float32), np.asarray(q.code_values, np.float32))
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int8", "int4", "grid"])
+def test_apply_updates_with_delta_lands_exactly_on_the_new_array(name):
+  """`optax.apply_updates(old, delta(old, new))` is `new` bit for bit (wrapping integer adds),
+  a zero update leaves `old` as it is, and a scale changing by far more than 2x is no
+  exception (float32 addition of scales would miss there)."""
+  quantizer = {"grid": qz.uniform_grid(2.0**-6)}.get(name) or qz.QUANTIZERS[name]()
+  key = jax.random.PRNGKey(0)
+  old = quantizer.quantize(jax.random.normal(key, (8, 16)) * 1e-3)
+  new = quantizer.quantize(jax.random.normal(jax.random.fold_in(key, 1), (8, 16)) * 50.0)
+  landed = optax.apply_updates(old, qz.delta(old, new))
+  assert isinstance(landed, qz.QuantizedArray)
+  for a, b in zip(jax.tree.leaves(landed), jax.tree.leaves(new)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(np.asarray(landed.dequantize()), np.asarray(new.dequantize()))
+  same = optax.apply_updates(old, optax.tree.zeros_like(qz.delta(old, new)))
+  for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(old)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="quantizer"):
+    qz.delta(old, qz.int8(axis=None).quantize(jnp.ones((8, 16))))
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8", "int4"])
+def test_empty_arrays_quantize(fmt):
+  q = qz.QUANTIZERS[fmt]().quantize(jnp.zeros((0,)))
+  assert q.dequantize().shape == (0,)
+  assert qz.QUANTIZERS[fmt]().roundtrip(jnp.zeros((3, 0))).shape == (3, 0)
