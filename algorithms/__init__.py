@@ -1,6 +1,3 @@
-"""Pure optax code: schedules and optimizers. No Flax, no Orbax, no I/O.
-
-Importing the package registers every schedule and optimizer by name for configs.
-"""
-
-from trainlab.algorithms import eco, knapsack, optimizers, quantize, schedules, sophia
+"""Pure optax code: schedules, optimizers, quantizers, rollout allocation. No Flax, no Orbax,
+no I/O, and no import side effects: the tables configs name are explicit
+(`schedules.SCHEDULES`, `trainlab.training.optimizers.OPTIMIZERS`)."""

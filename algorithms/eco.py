@@ -20,22 +20,27 @@ frozen-`v` value at t = 1, 0.79x at t = 10, 0.997x at t = 50 for b1 = 0.9.) The 
 is skipped when `lr_t = 0` (alpha divides by lr). Schedules: alpha uses `lr_t`, so the SGD
 identity is exact for a constant learning rate only.
 
-Params may be held two ways; the optimizer quantizes every leaf it updates either way:
-  * as float arrays (dequantized values): `updates` are float deltas and
-    `optax.apply_updates` lands on `params + updates`, which is `q(theta_tilde)` exactly with
-    `pow2_scales=True` quantizers. With float32 scales the sum can miss `q` by an ulp of
-    the larger of old and new value (only when they differ by more than 2x; ~1% of
-    elements per step for fp8): the optimizer measures `e` against the value the params
-    really take, and such a miss is below the float32 momentum's resolution anyway;
-  * as `QuantizedArray` leaves (codes + scales: the real memory saving): the update of such
-    a leaf is the NEW `QuantizedArray` (a difference of quantized arrays is not one), so use
-    `eco.apply_updates`, which equals `optax.apply_updates` on float leaves. Gradients are
-    taken w.r.t. `quantize.dequantize_tree(params)`.
+Params may be held two ways; the optimizer quantizes every leaf it updates either way, and
+`optax.apply_updates(params, updates)` applies the step in both:
+  * as float arrays (dequantized values, any real float dtype): `updates` are float deltas
+    in the params' dtype (computed in at least float32) and `optax.apply_updates` lands on
+    `params + updates`, which is `q(theta_tilde)` exactly with `pow2_scales=True` quantizers
+    and float32 params. With float32 scales the sum can miss `q` by an ulp of the larger of
+    old and new value (only when they differ by more than 2x; ~1% of elements per step for
+    fp8), and bf16/f16 params round it to their own precision: the optimizer measures `e`
+    against the value the params really take, so the identities above still hold;
+  * as `QuantizedArray` leaves (codes + scales: the real memory saving), of the optimizer's
+    own quantizer: the update of such a leaf is `quantize.delta(old, new)`, the wrapping
+    integer difference of the stored codes and scales, so `optax.apply_updates` lands on the
+    new codes and scales bit for bit, and a zero update (a rejected step) keeps them. Chain
+    nothing after ECO that rescales updates. Gradients are taken w.r.t.
+    `quantize.dequantize_tree(params)`.
+Complex params are refused (the quantizers are real); empty leaves are fine.
 
 Trainer recipe (memory saving for real): `params = quantize_tree(params, quantizer)` (matrices
 only by default); `optax.partition({"eco": eco_adamw(...), "float": optax.adamw(...)}, labels)`
 keeps vectors (norms, biases) in float32; the forward pass uses `dequantize_tree(params)`;
-`params = eco.apply_updates(params, updates)`. The state is `count`, `key`, `mu` (`nu`) in
+`params = optax.apply_updates(params, updates)`. The state is `count`, `key`, `mu` (`nu`) in
 float32: FP8 ECO-AdamW stores 1 + 4/cols + 8 bytes per matrix parameter, against
 4 + 1 + 4/cols + 8 with float32 master weights and an FP8 copy.
 
@@ -53,14 +58,13 @@ import jax.numpy as jnp
 import optax
 
 from trainlab.algorithms import quantize as qz
-from trainlab.algorithms.optimizers import register_optimizer
 
 MODES = ("eco", "naive")
 
 
 class EcoState(NamedTuple):
-  """`mu` (and `nu` for Adam) in float32; `key` for stochastic rounding; `error` only when
-  `exact=True`. No copy of the weights."""
+  """`mu` (and `nu` for Adam) in float32 (float64 for float64 params); `key` for stochastic
+  rounding; `error` only when `exact=True`. No copy of the weights."""
 
   count: jax.Array
   key: jax.Array
@@ -87,21 +91,49 @@ def _check(mode: str, exact: bool, rounding: str, quantizer: str | qz.Quantizer,
   return qz.get_quantizer(quantizer)
 
 
-def _float_zeros(params: optax.Params) -> optax.Updates:
-  return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params,
-                      is_leaf=lambda x: isinstance(x, qz.QuantizedArray))
+def _is_quantized(x: Any) -> bool:
+  return isinstance(x, qz.QuantizedArray)
+
+
+def _compute_dtype(param: Any) -> jnp.dtype:
+  """float32, or the param's dtype where it is wider (float64)."""
+  return jnp.promote_types(param.dtype, jnp.float32)
+
+
+def _check_params(params: optax.Params, quantizer: qz.Quantizer) -> None:
+  """Real float leaves, and `QuantizedArray` leaves of this optimizer's own quantizer."""
+  leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=_is_quantized)
+  for path, p in leaves:
+    where = jax.tree_util.keystr(path) or "params"
+    if _is_quantized(p):
+      if p.quantizer != quantizer:
+        raise ValueError(f"{where} is quantized by {p.quantizer}, but this ECO optimizer "
+                         f"quantizes with {quantizer}: build it with quantizer=the params' one")
+    elif not jnp.issubdtype(p.dtype, jnp.floating):
+      raise ValueError(f"ECO quantizes real float weights, and {where} is "
+                       f"{jnp.dtype(p.dtype).name}; keep complex or integer leaves out of "
+                       "ECO (optax.partition)")
+
+
+def _zeros_like_params(params: optax.Params) -> optax.Updates:
+  """Zeros in the compute dtype, shaped and sharded like each param."""
+  return jax.tree.map(
+      lambda p: jnp.zeros(p.shape, p.dtype) if _is_quantized(p) else jnp.zeros_like(
+          p, dtype=_compute_dtype(p)), params, is_leaf=_is_quantized)
 
 
 def _requantize(quantizer: qz.Quantizer, rounding: str, theta_tilde: jax.Array, param: Any,
                 key: jax.Array) -> tuple[Any, jax.Array]:
-  """(update leaf, value the param takes after the update) for one leaf."""
+  """(update leaf, value the param takes after `optax.apply_updates`) for one leaf."""
   key = key if rounding == "stochastic" else None
-  if isinstance(param, qz.QuantizedArray):
+  if _is_quantized(param):
     new = quantizer.quantize(theta_tilde, rounding, key)
-    return new, new.dequantize()
-  update = quantizer.roundtrip(theta_tilde, rounding, key) - param.astype(jnp.float32)
+    return qz.delta(param, new), new.dequantize()
+  dtype = theta_tilde.dtype
+  q = quantizer.roundtrip(theta_tilde, rounding, key).astype(dtype)
+  update = (q - param.astype(dtype)).astype(param.dtype)
   landed = jnp.asarray(param + update).astype(param.dtype)  # what optax.apply_updates does
-  return update, landed.astype(jnp.float32)
+  return update, landed.astype(dtype)
 
 
 def _eco_transform(step_fn: Callable, alpha_fn: Callable, quantizer: qz.Quantizer,
@@ -114,15 +146,17 @@ def _eco_transform(step_fn: Callable, alpha_fn: Callable, quantizer: qz.Quantize
   """
 
   def init_fn(params):
-    zeros = _float_zeros(params)
-    return EcoState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed), mu=zeros,
-                    nu=_float_zeros(params) if adam else None,
-                    error=_float_zeros(params) if exact else None)
+    _check_params(params, quantizer)
+    return EcoState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed),
+                    mu=_zeros_like_params(params),
+                    nu=_zeros_like_params(params) if adam else None,
+                    error=_zeros_like_params(params) if exact else None)
 
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError("ECO optimizers need params: update(grads, state, params)")
+    _check_params(params, quantizer)
     treedef = jax.tree.structure(grads)
     g_leaves = treedef.flatten_up_to(grads)
     p_leaves = treedef.flatten_up_to(params)
@@ -134,20 +168,18 @@ def _eco_transform(step_fn: Callable, alpha_fn: Callable, quantizer: qz.Quantize
     outs = []
     for i, (g, p, m, v, err) in enumerate(zip(g_leaves, p_leaves, m_leaves, v_leaves,
                                               e_leaves)):
-      theta_hat = (p.dequantize() if isinstance(p, qz.QuantizedArray)
-                   else p.astype(jnp.float32))
+      dtype = m.dtype  # the compute dtype
+      theta_hat = p.dequantize() if _is_quantized(p) else p.astype(dtype)
       if exact:
         theta_hat = theta_hat + err
-      theta_tilde, m_tilde, v_tilde = step_fn(g.astype(jnp.float32), m, v, theta_hat,
-                                              state.count)
+      theta_tilde, m_tilde, v_tilde = step_fn(g.astype(dtype), m, v, theta_hat, state.count)
+      theta_tilde = theta_tilde.astype(dtype)
       update, landed = _requantize(quantizer, rounding, theta_tilde, p, keys[i])
       e = theta_tilde - landed
-      if exact:
-        outs.append((update, m_tilde, v_tilde, e))
-      elif mode == "eco":
-        outs.append((update, m_tilde + alpha_fn(v_tilde, state.count) * e, v_tilde, None))
-      else:
-        outs.append((update, m_tilde, v_tilde, None))
+      if mode == "eco" and not exact:
+        m_tilde = m_tilde + alpha_fn(v_tilde, state.count) * e
+      outs.append((update, m_tilde.astype(dtype), None if v is None else v_tilde.astype(dtype),
+                   e if exact else None))
     updates, mu, nu, error = (treedef.unflatten([o[j] for o in outs]) for j in range(4))
     new_state = EcoState(count=optax.safe_increment(state.count), key=key, mu=mu,
                          nu=nu if adam else None, error=error if exact else None)
@@ -167,8 +199,13 @@ def eco_sgdm(learning_rate: optax.ScalarOrSchedule, momentum: optax.ScalarOrSche
              ) -> optax.GradientTransformationExtraArgs:
   """SGD with EMA momentum on quantized weights, ECO error injection (arXiv 2601.22101).
 
-  `m = b m + (1 - b) g`, `theta = q(theta - lr m)`, `m += (1 / lr)(1 - 1 / b)(theta_tilde -
-  theta)`. `quantizer` is a `QUANTIZERS` name or a `Quantizer`; `seed` seeds the rounding key.
+  EMA momentum, `m = b m + (1 - b) g`: at the same `learning_rate` its steps are `(1 - b)`
+  times those of `optax.sgd(learning_rate, momentum=b)` (heavy ball, `m = b m + g`), 10x
+  smaller at b = 0.9. For the same trajectory as `optax.sgd(lr_sgd, momentum=b)` use
+  `eco_sgdm(lr_sgd / (1 - b), momentum=b)`.
+
+  `theta = q(theta - lr m)`, `m += (1 / lr)(1 - 1 / b)(theta_tilde - theta)`. `quantizer` is
+  a `QUANTIZERS` name or a `Quantizer`; `seed` seeds the rounding key.
   """
   quantizer = _check(mode, exact, rounding, quantizer, momentum=momentum)
 
@@ -217,15 +254,3 @@ def eco_adamw(learning_rate: optax.ScalarOrSchedule, b1: optax.ScalarOrSchedule 
             * denominator(v_tilde, count))
 
   return _eco_transform(step_fn, alpha_fn, quantizer, rounding, mode, exact, seed, adam=True)
-
-
-def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
-  """`optax.apply_updates` that also takes `QuantizedArray` params (replaced by their update)."""
-  is_q = lambda x: isinstance(x, qz.QuantizedArray)
-  return jax.tree.map(
-      lambda p, u: u if is_q(p) else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
-      params, updates, is_leaf=is_q)
-
-
-register_optimizer("eco_sgdm")(eco_sgdm)
-register_optimizer("eco_adamw")(eco_adamw)
