@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +16,8 @@ import pytest
 from trainlab.data import make_dataset, tokens
 from trainlab.errors import UsageError
 from launch import prepare_tokens
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -353,3 +360,67 @@ def test_prepare_bad_input_exits_2_with_one_line(run_module, tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f"error: INPUT_DIR {tmp_path / 'absent'} is not a folder; pass the folder of text files"]
+
+
+# --- a launch.train run on prepared shards resumes bit-exactly after SIGKILL -------------------
+
+# experiments/lm.py's data block has no `path` or `vocab_size` keys yet, so a config file that
+# adds them (defaults "" and 0) lets the flags below set them as a user would.
+TOKENS_CONFIG = '''
+from experiments import lm
+
+def get_config(arg=None):
+  config = lm.get_config(arg)
+  config.data.name = "tokens"
+  config.data.path = ""
+  config.data.vocab_size = 0
+  return config
+'''
+RESUME_STEPS = 12
+
+
+def _train(config: pathlib.Path, shards: pathlib.Path, workdir: pathlib.Path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  flags = [f"--config={config}:size=test", f"--config.data.path={shards}",
+           "--config.data.vocab_size=256", f"--config.total_steps={RESUME_STEPS}",
+           "--config.checkpoint.every_steps=2", "--config.log.every_steps=1",
+           "--config.eval.every_steps=0", f"--workdir={workdir}"]
+  return subprocess.Popen([sys.executable, "-m", "launch.train", *flags], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _metrics(workdir: pathlib.Path) -> list[dict]:
+  path = workdir / "metrics.jsonl"
+  lines = path.read_text().splitlines() if path.exists() else []
+  return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def test_a_run_on_prepared_shards_resumes_bit_exactly_after_sigkill(tmp_path):
+  root = tmp_path / "input"
+  root.mkdir()
+  for name in ("README.md", "DEVELOPERS.md", "data/text.py"):
+    (root / pathlib.Path(name).name).write_bytes((REPO / name).read_bytes())
+  prepare_tokens.main([str(root), str(tmp_path / "shards"), "--val-fraction", "0.34"])
+  config = tmp_path / "tokens_lm.py"
+  config.write_text(TOKENS_CONFIG)
+  reference = _train(config, tmp_path / "shards", tmp_path / "reference")
+  stdout, stderr = reference.communicate(timeout=600)
+  assert reference.returncode == 0, stderr[-2000:]
+  expected = json.loads(stdout)
+
+  killed = _train(config, tmp_path / "shards", tmp_path / "run")
+  deadline = time.time() + 600
+  while time.time() < deadline and killed.poll() is None:
+    if _metrics(tmp_path / "run") and _metrics(tmp_path / "run")[-1]["step"] >= 3:
+      killed.kill()
+      break
+    time.sleep(0.01)
+  killed.communicate(timeout=600)
+  assert killed.returncode == -signal.SIGKILL
+  resumed = _train(config, tmp_path / "shards", tmp_path / "run")
+  stdout, stderr = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, stderr[-2000:]
+  assert json.loads(stdout)["params_sha256"] == expected["params_sha256"]
+  losses = [m["train_loss"] for m in _metrics(tmp_path / "run")]
+  assert losses == [m["train_loss"] for m in _metrics(tmp_path / "reference")]
+  assert len(losses) == RESUME_STEPS
