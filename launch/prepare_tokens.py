@@ -34,7 +34,6 @@ import numpy as np
 
 from trainlab.data import tokens
 from trainlab.errors import UsageError
-from launch import cli
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py", ".tex")
 END_OF_TEXT_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
@@ -248,4 +247,5 @@ if __name__ == "__main__":
   try:
     sys.exit(main(sys.argv[1:]))
   except UsageError as e:
+    from launch import cli  # pylint: disable=import-outside-toplevel  # (it imports JAX)
     cli.usage_error(str(e))
