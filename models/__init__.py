@@ -1,4 +1,5 @@
-"""Flax modules only: a GPT, an MLP and a small CNN, built by name from config fields."""
+"""Flax modules only: a GPT, a LLaMA-style decoder, an MLP and a small CNN, built by name from
+config fields."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import flax.linen as nn
 
 from trainlab.models.cnn import CNN
 from trainlab.models.gpt import GPT
+from trainlab.models.llama import Llama
 from trainlab.models.mlp import MLP
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "mlp": MLP, "cnn": CNN}
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "llama": Llama, "mlp": MLP, "cnn": CNN}
 
 
 def make_model(name: str, **kwargs: Any) -> nn.Module:
