@@ -24,7 +24,9 @@ LOGICAL_RULES = {
     "embed": "fsdp",
     "mlp": "tensor",
     "heads": "tensor",
+    "kv_heads": "tensor",
     "vocab": "tensor",
+    "layers": None,  # the stacked axis of scanned blocks: every device holds every layer
     "conv_out": "tensor",
     "classes": None,
 }
