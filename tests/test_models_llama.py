@@ -91,7 +91,7 @@ def test_llama_is_causal():
   logits = model.apply({"params": params}, tokens)
   changed = tokens.at[:, 7].set((tokens[:, 7] + 1) % VOCAB)
   logits_changed = model.apply({"params": params}, changed)
-  np.testing.assert_array_equal(logits[:, :7], logits_changed[:, :7])
+  np.testing.assert_allclose(logits[:, :7], logits_changed[:, :7], rtol=1e-6, atol=1e-6)
   assert np.all(np.abs(logits[:, 7:] - logits_changed[:, 7:]).max(-1) > 1e-3)
 
 
@@ -117,8 +117,8 @@ def test_untied_head_with_the_embedding_as_kernel_equals_the_tied_model():
   assert params["head"].shape == (D, VOCAB) and "head" not in _params(tied, tokens)
   same = dict(params, head=params["embed"]["embedding"].T)
   tied_params = {k: v for k, v in params.items() if k != "head"}
-  np.testing.assert_array_equal(untied.apply({"params": same}, tokens),
-                                tied.apply({"params": tied_params}, tokens))
+  np.testing.assert_allclose(untied.apply({"params": same}, tokens),
+                             tied.apply({"params": tied_params}, tokens), rtol=1e-6, atol=1e-6)
   assert not np.allclose(untied.apply({"params": params}, tokens),
                          tied.apply({"params": tied_params}, tokens), atol=1e-3)
 
@@ -131,8 +131,8 @@ def test_hidden_states_times_unembedding_are_the_logits(name, tied):
   params = _params(model, tokens)
   hidden = model.apply({"params": params}, tokens, return_hidden=True)
   assert hidden.shape == (3, SEQ, D)
-  np.testing.assert_array_equal(layers.unembed(hidden, model.unembedding_DxV(params)),
-                                model.apply({"params": params}, tokens))
+  np.testing.assert_allclose(layers.unembed(hidden, model.unembedding_DxV(params)),
+                             model.apply({"params": params}, tokens), rtol=1e-6, atol=1e-6)
 
 
 def test_rms_norm_and_rope_match_numpy():
