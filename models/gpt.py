@@ -7,9 +7,10 @@ them onto a mesh.
 
 Options (module fields, set under `model.*`): `dtype` compute dtype and `param_dtype` storage
 dtype (names or dtypes; norms, softmax statistics and logits stay float32), `attention_impl`
-for `jax.nn.dot_product_attention` (None: XLA chooses; "xla"; "cudnn"), `remat` and
-`scan_layers` (see `models/stack.py`). With every option at its default the parameter tree is
-the one this module has always had.
+for `jax.nn.dot_product_attention` (None: JAX chooses, in JAX 0.10 its "xla" einsum path,
+whose causal mask XLA fuses; "cudnn": the fused kernel on NVIDIA GPUs, bfloat16/float16
+only, which skips the masked half), `remat` and `scan_layers` (see `models/stack.py`). With
+every option at its default the parameter tree is the one this module has always had.
 
 `model.apply(variables, tokens)` returns float32 logits [B, L, V];
 `model.apply(variables, tokens, return_hidden=True)` returns the final-norm hidden states
