@@ -5,8 +5,8 @@ from __future__ import annotations
 import optax
 
 
-def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False,
-        weight_decay: float = 0.0) -> optax.GradientTransformation:
+def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float | None = None,
+        nesterov: bool = False, weight_decay: float = 0.0) -> optax.GradientTransformation:
   """SGD with optional heavy-ball or Nesterov momentum and weight decay.
 
   `optax.sgd` of `g + weight_decay * theta` (`optax.add_decayed_weights` first): without

@@ -485,7 +485,7 @@ def test_inject_hyperparams_accepts_schedules():
 
 
 def test_gallery_draws_every_registered_schedule(tmp_path):
-  from launch import plot_schedules  # pylint: disable=g-import-not-at-top
+  from launch import plot_schedules
 
   out = tmp_path / "schedules.png"
   skipped = plot_schedules.plot_all(out, total_steps=100)
