@@ -68,9 +68,6 @@ def _linear(start: float, end: float, num_steps: int) -> optax.Schedule:
   return lambda count: start + (end - start) * _progress(count, num_steps)
 
 
-def _cosine(start: float, end: float, num_steps: int) -> optax.Schedule:
-  """Half cosine from `start` to `end` over `num_steps`."""
-  return lambda count: end + (start - end) * _cosine_shape(_progress(count, num_steps))
 
 
 def _check_positive(**values: float) -> None:
@@ -91,10 +88,7 @@ def constant(peak_value: float, total_steps: int, warmup_steps: int = 0,
     raise ValueError(f"warmup_steps ({warmup_steps}) > total_steps ({total_steps})")
   if warmup_steps == 0:
     return optax.constant_schedule(peak_value)
-  return _phases(total_steps, [
-      (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
-      (total_steps - warmup_steps, optax.constant_schedule(peak_value)),
-  ])
+  return optax.warmup_constant_schedule(init_value, peak_value, _count(warmup_steps))
 
 
 def warmup_cosine(peak_value: float, total_steps: int, warmup_steps: int = 0,
@@ -104,10 +98,8 @@ def warmup_cosine(peak_value: float, total_steps: int, warmup_steps: int = 0,
   _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
   if warmup_steps >= total_steps:
     raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
-  return _phases(total_steps, [
-      (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
-      (total_steps - warmup_steps, _cosine(peak_value, end_value, total_steps - warmup_steps)),
-  ])
+  return optax.warmup_cosine_decay_schedule(init_value, peak_value, _count(warmup_steps),
+                                            decay_steps=_count(total_steps), end_value=end_value)
 
 
 # Decay shapes f(x), x in [0, 1] the fraction of the decay done, f(0) = 1, f(1) = 0.
@@ -395,7 +387,8 @@ def linear_schedule(peak_value: float, total_steps: int, warmup_steps: int = 0,
     raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
   return _phases(total_steps, [
       (warmup_steps, _linear(init_value, peak_value, warmup_steps)),
-      (total_steps - warmup_steps, _linear(peak_value, end_value, total_steps - warmup_steps)),
+      (total_steps - warmup_steps, optax.linear_schedule(peak_value, end_value,
+                                                         _count(total_steps - warmup_steps))),
   ])
 
 
@@ -411,12 +404,11 @@ def onecycle_schedule(peak_value: float, total_steps: int, pct_start: float = 0.
                   final_div_factor=final_div_factor)
   if not 0.0 < pct_start < 1.0:
     raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
-  rise_steps = int(pct_start * total_steps)
-  start, low = peak_value / div_factor, peak_value / (div_factor * final_div_factor)
-  return _phases(total_steps, [
-      (rise_steps, _cosine(start, peak_value, rise_steps)),
-      (total_steps - rise_steps, _cosine(peak_value, low, total_steps - rise_steps)),
-  ])
+  # `optax.cosine_onecycle_schedule`'s own body, with step counts an int32 may not hold.
+  return _hold_after(total_steps, optax.piecewise_interpolate_schedule(
+      "cosine", peak_value / div_factor,
+      {_count(int(pct_start * total_steps)): div_factor,
+       _count(total_steps): 1.0 / (div_factor * final_div_factor)}))
 
 
 SCHEDULES: dict[str, ScheduleBuilder] = {
