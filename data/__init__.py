@@ -1,4 +1,5 @@
 """Datasets: offline, deterministic, step-indexed."""
 
 from trainlab.data.datasets import DATASET_NAMES, Dataset, make_dataset
-from trainlab.errors import UsageError
+
+__all__ = ["DATASET_NAMES", "Dataset", "make_dataset"]

@@ -16,14 +16,11 @@ model and optimizer raises `UsageError` naming the first mismatch.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -129,7 +126,7 @@ class Checkpoints:
                keep_every: int = 0, read_only: bool = False, async_save: bool = True):
     run_dir = pathlib.Path(run_dir).resolve()  # Orbax refuses relative paths
     self.directory = checkpoint_dir(run_dir) if read_only else run_dir / CHECKPOINT_DIR
-    self.every_steps, self.keep_every = every_steps, keep_every
+    self.every_steps, self.keep_every, self._read_only = every_steps, keep_every, read_only
     policies = [pp.LatestN(max(keep, 1))]
     if keep_every:
       policies.append(pp.EveryNSteps(keep_every))
@@ -225,12 +222,12 @@ class Checkpoints:
         return self.restore(step, abstract_state)
       except UsageError:
         raise
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # noqa: BLE001  (any unreadable step is set aside)
         self._move_aside(step, e)
     return None
 
   def _move_aside(self, step: int, error: Exception) -> None:
-    if self._manager._options.read_only:  # pylint: disable=protected-access
+    if self._read_only:
       print(f"warning: checkpoint {self.directory / str(step)} is unreadable "
             f"({type(error).__name__}); trying the previous one", file=sys.stderr)
       return
@@ -243,127 +240,3 @@ class Checkpoints:
             f"moved it to {target} and falling back to the previous one", file=sys.stderr)
     _sync(f"moved_aside_{step}")
     self._manager.reload()
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    return [k for key in set(a) | set(b)
-            for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-  return [] if a == b else [prefix.rstrip(".")]
-
-
-def open_for(config: Any, workdir: str | pathlib.Path) -> Checkpoints:
-  """The run folder's own checkpoints, with the config's cadence and retention."""
-  c = config.checkpoint
-  return Checkpoints(workdir, every_steps=c.get("every_steps", 0), keep=c.get("keep", 2),
-                     keep_every=c.get("keep_every", 0))
-
-
-def restore_or_init(trainer: Any, config: Any, own: Checkpoints) -> tuple[Any, str]:
-  """The state to start from and where it came from, in this order of precedence:
-
-  the run folder's own newest readable checkpoint (auto-resume), `checkpoint.resume_from`
-  (another run's newest full state), `checkpoint.branch_from` at `checkpoint.branch_step`
-  (another run's full state and step counter at that step), `checkpoint.init_from`
-  (another run's newest parameters, fresh optimizer, step 0), else a fresh state.
-  """
-  c = config.checkpoint
-  state = own.restore_latest(trainer.abstract_state)
-  if state is not None:
-    step = int(state.step)
-    try:
-      saved_config = own.meta(step).get("config")
-    except Exception:  # pylint: disable=broad-except
-      saved_config = None
-    current = json.loads(json.dumps(config.to_dict()))
-    if saved_config is not None and saved_config != current and _is_main():
-      changed = sorted(_diff_keys(saved_config, current))
-      print(f"warning: resuming step {step} of {own.directory} with a changed config "
-            f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})", file=sys.stderr)
-    return state, f"resumed from {own.directory} at step {step}"
-  for key in ("resume_from", "branch_from"):
-    source = c.get(key, "")
-    if not source:
-      continue
-    other = Checkpoints(source, read_only=True)
-    at_step = c.get("branch_step", -1) if key == "branch_from" else None
-    state = other.restore_latest(trainer.abstract_state, at_step=at_step)
-    other.close()
-    if state is None:
-      raise UsageError(f"checkpoint.{key}={source!r} has no readable checkpoint; point it at a "
-                       "run folder with checkpoints/")
-    return state, f"{key.split('_')[0]} from {other.directory} at step {int(state.step)}"
-  if c.get("init_from", ""):
-    other = Checkpoints(c.init_from, read_only=True)
-    steps = other.steps()
-    if not steps:
-      raise UsageError(f"checkpoint.init_from={c.init_from!r} has no checkpoint; point it at a "
-                       "run folder with checkpoints/")
-    params = other.restore_params(steps[-1], trainer.abstract_state.params)
-    other.close()
-    fresh = trainer.init_state()
-    opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)
-    return fresh.replace(params=params, opt_state=opt_state), \
-        f"initialized parameters from {other.directory} step {steps[-1]}"
-  return trainer.init_state(), "started from scratch"
-
-
-def drop_records_after(metrics_path: pathlib.Path, step: int) -> dict[str, Any] | None:
-  """Removes metric lines with `step` beyond `step` (a resumed run rewrites them).
-
-  Returns the last remaining record, or `None`.
-  """
-  if not metrics_path.exists():
-    return None
-  kept = []
-  for line in metrics_path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:  # a line cut short by a kill
-      continue
-    if record.get("step", 0) <= step:
-      kept.append(record)
-  tmp = metrics_path.with_suffix(".tmp")
-  tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-  tmp.replace(metrics_path)
-  return kept[-1] if kept else None
-
-
-class Preempted(Exception):
-  """SIGTERM or SIGINT arrived; the state at `step` was saved and the run stopped."""
-
-  def __init__(self, step: int, signum: int):
-    super().__init__(f"stopped by signal {signum} after saving step {step}; rerun the same "
-                     "command to continue")
-    self.step, self.signum = step, signum
-
-
-class PreemptionWatch:
-  """Notes SIGTERM/SIGINT instead of dying, so the loop can save and stop between steps.
-
-  With several processes JAX's own preemption notifier (started by
-  `jax.distributed.initialize`) catches SIGTERM and all processes agree on one step through
-  `multihost_utils.reached_preemption_sync_point`.
-  """
-
-  def __init__(self):
-    self.signum: int | None = None
-    self._previous: dict[int, Any] = {}
-
-  def __enter__(self) -> "PreemptionWatch":
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._note)
-    return self
-
-  def _note(self, signum: int, frame: Any) -> None:  # pylint: disable=unused-argument
-    self.signum = signum
-
-  def __exit__(self, *exc: Any) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-
-  def requested(self, step: int) -> bool:
-    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
-      self.signum = 15
-    return self.signum is not None

@@ -26,11 +26,13 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from trainlab.data import Dataset, make_dataset
 from trainlab.errors import UsageError
 from trainlab.training import checkpoint as checkpoint_lib
+from trainlab.training import loop, rundir
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 
 STREAM_SCHEDULES = ("infinite_lr", "repeated_cosine")
 
@@ -109,47 +111,12 @@ def plan(config: Any, workdir: str | pathlib.Path) -> list[Task]:
   return tasks
 
 
-def with_replay(dataset: Dataset, config: Any) -> Dataset:
-  """`dataset` whose training batches replay earlier domains (`config.data.replay`).
-
-  The last `round(replay_fraction * batch_size)` rows of batch `step` are windows of the
-  earlier domains, interleaved in turn, each drawn as that domain's own run draws them
-  (`train_batch(step)` with the run's seed); the batch stays a pure function of (seed, step).
-  Evaluation stays on `dataset`'s own validation split.
-  """
-  names = [n for n in config.data.get("replay", "").split(",") if n]
-  fraction = config.data.get("replay_fraction", 0.0)
-  if not names or not fraction:
-    return dataset
-  batch_size = config.batch_size
-  num_replay = round(fraction * batch_size)
-  if not 0 < num_replay < batch_size:
-    raise UsageError(f"data.replay_fraction={fraction} replays {num_replay} of "
-                     f"{batch_size} rows; pick a fraction in [1/{batch_size}, "
-                     f"{batch_size - 1}/{batch_size}]")
-  per_source = -(-num_replay // len(names))
-  sources = [make_dataset(n, seed=config.seed, batch_size=per_source,
-                          seq_len=config.data.get("seq_len", 0),
-                          split_seed=config.data.get("split_seed", 0)) for n in names]
-
-  def train_batch(step: int) -> dict[str, np.ndarray]:
-    own = dataset.train_batch(step)
-    replayed = [s.train_batch(step) for s in sources]
-    rows = [(j % len(names), j // len(names)) for j in range(num_replay)]
-    return {k: np.concatenate([own[k][:batch_size - num_replay],
-                               np.stack([replayed[s][k][r] for s, r in rows])])
-            for k in own}
-
-  return dataclasses.replace(dataset, train_batch=train_batch)
-
-
 class DomainEvaluator:
   """Validation loss of saved parameters on any of the stream's domains."""
 
   def __init__(self, config: Any):
-    from trainlab.training import loop  # pylint: disable=import-outside-toplevel
     self.config = config
-    self.trainer = loop.Trainer(config)
+    self.trainer = Trainer(build_run(config))
     self._datasets: dict[str, Dataset] = {}
     self._checkpoints: dict[pathlib.Path, checkpoint_lib.Checkpoints] = {}
 
@@ -174,32 +141,14 @@ class DomainEvaluator:
     self._checkpoints.clear()
 
   def losses(self, params: Any, names: list[str]) -> dict[str, float]:
-    result = {}
-    for name in names:
-      sums = [self.trainer.eval_step(params, self.trainer.device_batch(b))
-              for b in self._dataset(name).eval_batches()]
-      loss_sum, _, weight = (float(sum(x)) for x in zip(*jax.device_get(sums)))
-      result[name] = loss_sum / weight
-    return result
-
-
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
+    return {name: self.trainer.evaluate(params, self._dataset(name))["eval_loss"]
+            for name in names}
 
 
 def _finished(task: Task) -> bool:
   """Whether `task`'s run completed; a finished run of another config is a usage error."""
-  if not (task.run_dir / "summary.json").exists():
-    return False
-  stored = json.loads((task.run_dir / "config.json").read_text())
-  if stored != json.loads(json.dumps(task.config.to_dict())):
-    raise UsageError(f"{task.run_dir} holds a finished run of a different config; use another "
-                     "--workdir or move that folder away")
-  return json.loads((task.run_dir / "summary.json").read_text())["steps"] == task.end_step
+  summary = rundir.finished(task.run_dir, task.config)
+  return summary is not None and summary["steps"] == task.end_step
 
 
 def matrix_markdown(record: dict[str, Any]) -> str:
@@ -215,16 +164,15 @@ def matrix_markdown(record: dict[str, Any]) -> str:
 def run_stream(config: Any, workdir: str | pathlib.Path, *,
                progress: bool = True) -> dict[str, Any]:
   """Trains the stream in `workdir`, evaluating after every task; returns the loss matrix."""
-  from trainlab.training import loop  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir).resolve()  # Orbax needs absolute checkpoint paths
   tasks = plan(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  stream_config = json.loads(json.dumps(config.to_dict()))
+  stream_config = rundir.as_json(config)
   config_path = workdir / "stream_config.json"
   if config_path.exists() and json.loads(config_path.read_text()) != stream_config:
     raise UsageError(f"{workdir} holds a stream of a different config; use another --workdir "
                      "or the config that wrote it")
-  _write_json(config_path, stream_config)
+  rundir.write_json(config_path, stream_config)
   names = [t.domain for t in tasks]
   matrix_path = workdir / "loss_matrix.json"
   record = json.loads(matrix_path.read_text()) if matrix_path.exists() else {}
@@ -250,7 +198,7 @@ def run_stream(config: Any, workdir: str | pathlib.Path, *,
       evaluator.close()  # the next task's training may not see a stale manager
     record["tasks"].append(rows[task.index])
     record["trained"] = record.get("trained", []) + ([task.index] if trained else [])
-    _write_json(matrix_path, record)
+    rundir.write_json(matrix_path, record)
     if jax.process_index() == 0:
       (workdir / "loss_matrix.md").write_text(matrix_markdown(record))
   return record
@@ -285,5 +233,5 @@ def trajectory(config: Any, workdir: str | pathlib.Path) -> list[dict[str, Any]]
                      "stream_step": task.index * steps_per_task + step - task.start_step,
                      "losses": evaluator.losses(params, names)})
   evaluator.close()
-  _write_json(cache, points)
+  rundir.write_json(cache, points)
   return points

@@ -69,6 +69,11 @@ def maybe_initialize(env: Mapping[str, str] | None = None) -> str:
   return kind
 
 
+def is_main_process() -> bool:
+  """Whether this is process 0, the one that prints and writes run files."""
+  return jax.process_index() == 0
+
+
 def describe() -> str:
   """One line: this process, the process count and the devices it sees."""
   return (f"process {jax.process_index()}/{jax.process_count()}: "

@@ -42,7 +42,7 @@ class MetricWriter:
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX import SummaryWriter
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
     self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 

@@ -78,6 +78,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways a batch is split: the product of the batch axes' sizes."""
+  return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+
 def logical_specs(boxed_variables: Any) -> Any:
   """Logical PartitionSpecs of a linen variable tree made with `with_logical_partitioning`."""
   return nn.get_partition_spec(boxed_variables)

@@ -1,40 +1,18 @@
-"""Pure train and eval steps. The loop jits each once, with the train state donated."""
+"""Pure train and eval steps. The trainer jits each once, with the train state donated."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from trainlab.algorithms import eco, quantize, sophia
 from trainlab.training.state import TrainState
+from trainlab.training.support import ModelFns, TrainerSupport
 
 Batch = dict[str, jax.Array]
-HESSIAN_BATCH = "hessian"  # key of the fresh batch in a Sophia step's batch
-
-
-@dataclasses.dataclass(frozen=True)
-class HessianRefresh:
-  """Sophia's periodic Hessian EMA refresh (Liu et al., arXiv 2305.14342, Algorithm 3, line 7).
-
-  After the update of step `t` (0-based) with `t % interval == interval - 1`, as the official
-  `train_sophiag.py` orders it, the step estimates the diagonal on `batch["hessian"]` (a fresh
-  batch) at the new parameters, optionally clips the estimate to global norm `clip_norm` (the
-  official loop clips it with `grad_clip`; 0 disables), and folds it into the EMA with
-  `sophia.update_hessian`. A non-finite estimate leaves the EMA unchanged. `batch_size`: the
-  fresh batch's examples, the training batch's in the official loop; fewer make the refresh
-  cheaper (its cost is one forward and backward pass on them).
-  """
-  interval: int
-  estimator: str = "gnb"  # "gnb" (Sophia-G) or "hutchinson" (Sophia-H)
-  clip_norm: float = 0.0
-  batch_size: int = 0
-
-  def is_due(self, step: Any) -> Any:
-    return step % self.interval == self.interval - 1
+BATCH_KEYS = ("inputs", "targets", "weights")
 
 
 def weighted_cross_entropy(logits_BxV: jax.Array, targets_B: jax.Array,
@@ -46,93 +24,96 @@ def weighted_cross_entropy(logits_BxV: jax.Array, targets_B: jax.Array,
   return jnp.sum(losses * weights_B) / jnp.maximum(total_weight, 1.0), total_weight
 
 
+def model_fns(apply_fn: Callable[..., jax.Array]) -> ModelFns:
+  """Logits and the mean training loss of the params the forward pass runs on."""
+
+  def logits(params, inputs, rng):
+    return apply_fn({"params": params}, inputs, rngs={"dropout": rng})
+
+  def loss(params, batch, rng):
+    return weighted_cross_entropy(logits(params, batch["inputs"], rng), batch["targets"],
+                                  batch["weights"])[0]
+
+  return ModelFns(logits, loss)
+
+
+def _microbatches(batch: Batch, count: int) -> Batch:
+  """[B, ...] -> [count, B / count, ...] with microbatch j holding rows j, j + count, ...:
+  every device's contiguous share of the batch holds rows of every microbatch."""
+  return {k: batch[k].reshape(-1, count, *batch[k].shape[1:]).swapaxes(0, 1) for k in BATCH_KEYS}
+
+
+def _loss_and_grads(loss_fn, params: Any, batch: Batch, rng: jax.Array, accumulation_steps: int):
+  """The mean loss over `batch` and its gradient; with accumulation, summed over microbatches
+  (each weighted by its share of the batch's weight) in a scan, so one microbatch is live."""
+  if accumulation_steps == 1:
+    return jax.value_and_grad(loss_fn)(params, batch, rng)
+  total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+
+  def add(carry, micro):
+    loss, grads = jax.value_and_grad(loss_fn)(params, micro, rng)
+    share = jnp.sum(micro["weights"]) / total_weight
+    return jax.tree.map(lambda acc, x: acc + share * x, carry, (loss, grads)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32), params))
+  (loss, grads), _ = jax.lax.scan(add, zeros, _microbatches(batch, accumulation_steps))
+  return loss, grads
+
+
 def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransformation,
-                    hessian: HessianRefresh | None = None,
-                    compute_params: Callable[[Any], Any] | None = None,
-                    ) -> Callable[[TrainState, Batch], Any]:
+                    support: TrainerSupport, schedule: optax.Schedule,
+                    accumulation_steps: int = 1) -> Callable[[TrainState, Batch], Any]:
   """`train_step(state, batch) -> (state, metrics)`; metrics are device scalars.
 
-  With `hessian` (Sophia), `batch["hessian"]` holds a fresh batch of `hessian.batch_size`, the
-  refresh runs under `jax.lax.cond` (one compiled step for both branches), and the metrics
-  gain `win_rate` and `hessian_norm`.
+  `batch` holds `inputs`, `targets`, `weights` and whatever `support.step_inputs` adds. The
+  gradient is taken w.r.t. `support.compute_params(state.params)`, the values the forward pass
+  sees. `lr` is the learning rate of this update: the schedule at the number of updates applied
+  so far (skipped non-finite steps do not count, as in the optimizer's own step counter).
   """
-
-  def loss_fn(params, batch, rng):
-    logits = apply_fn({"params": params}, batch["inputs"], rngs={"dropout": rng})
-    loss, _ = weighted_cross_entropy(logits, batch["targets"], batch["weights"])
-    return loss
-
-  def hessian_estimate(params, fresh: Batch, rng):
-    if hessian.estimator == "hutchinson":
-      return sophia.hutchinson_hessian_diag(lambda p: loss_fn(p, fresh, rng), params, rng)
-    logits_fn = lambda p, x: apply_fn({"params": p}, x, rngs={"dropout": rng})
-    return sophia.gnb_hessian_grads(logits_fn, params, fresh["inputs"], rng, fresh["weights"])
-
-  def refresh(opt_state, params, fresh: Batch, rng):
-    # Inside the sharded jit the estimate comes from the global-batch mean, so it is averaged
-    # across data-parallel devices before it is squared.
-    estimate = hessian_estimate(params, fresh, rng)
-    if hessian.clip_norm:
-      estimate, _ = optax.clip_by_global_norm(hessian.clip_norm).update(estimate, None)
-    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(estimate)]))
-    updated = sophia.update_hessian(opt_state, estimate, estimator=hessian.estimator)
-    return jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, opt_state)
+  fns = model_fns(apply_fn)
 
   def train_step(state: TrainState, batch: Batch):
-    step_rng = jax.random.fold_in(state.rng, state.step)
-    if compute_params is None:
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_rng)
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      update_norm = optax.global_norm(updates)
-    else:
-      loss, grads, updates, opt_state, params, update_norm = _quantized_update(
-          loss_fn, tx, compute_params, state, batch, step_rng)
+    rng = jax.random.fold_in(state.rng, state.step)
+    forward = support.compute_params(state.params)
+    loss, grads = _loss_and_grads(fns.loss, forward, batch, rng, accumulation_steps)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     metrics = {
         "train_loss": loss,
         "grad_norm": optax.global_norm(grads),
-        "update_norm": update_norm,
-        "lr": optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"],
+        "update_norm": support.update_norm(state.params, params, updates),
+        "lr": schedule(state.step - state.opt_state.total_notfinite),
         "nonfinite_in_a_row": opt_state.notfinite_count,
     }
-    if hessian is not None:
-      hessian_rng = jax.random.fold_in(step_rng, 1)
-      opt_state = jax.lax.cond(
-          hessian.is_due(state.step), refresh, lambda o, *_: o,
-          opt_state, params, batch[HESSIAN_BATCH], hessian_rng)
-      metrics["win_rate"] = sophia.win_rate(opt_state, estimator=hessian.estimator)
-      metrics["hessian_norm"] = sophia.hessian_norm(opt_state)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    compute_fns = ModelFns(lambda p, x, r: fns.logits(support.compute_params(p), x, r),
+                           lambda p, b, r: fns.loss(support.compute_params(p), b, r))
+    opt_state, extra = support.after_update(state.step, opt_state, params, batch, rng,
+                                            compute_fns)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), \
+        {**metrics, **extra}
 
   return train_step
 
 
-def _quantized_update(loss_fn, tx, compute_params, state: TrainState, batch: Batch, rng):
-  """A step whose forward pass runs on `compute_params(state.params)` (quantized weights).
-
-  Gradients are taken w.r.t. those compute values. ECO (Nikdan et al., arXiv 2601.22101):
-  `QuantizedArray` params are dequantized on the fly and replaced by their update, the new
-  `QuantizedArray`. Master weights: float32 params, gradients applied straight through.
-  """
-  forward = compute_params(state.params)
-  loss, grads = jax.value_and_grad(loss_fn)(forward, batch, rng)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = eco.apply_updates(state.params, updates)
-  delta = jax.tree.map(jnp.subtract, quantize.dequantize_tree(params),
-                       quantize.dequantize_tree(state.params))
-  return loss, grads, updates, opt_state, params, optax.global_norm(delta)
-
-
-def make_eval_step(apply_fn: Callable[..., jax.Array],
-                   compute_params: Callable[[Any], Any] | None = None,
+def make_eval_step(apply_fn: Callable[..., jax.Array], support: TrainerSupport,
                    ) -> Callable[[Any, Batch], Any]:
-  """`eval_step(params, batch) -> (loss_sum, correct_sum, weight_sum)` for exact averaging."""
+  """`eval_step(params, batch) -> (loss_sum, correct_sum, weight_sum, example_losses)`.
+
+  Sums allow exact averaging over eval batches; `example_losses` (one mean loss per example,
+  NaN for padding) give the eval's standard error.
+  """
 
   def eval_step(params, batch: Batch):
-    params = params if compute_params is None else compute_params(params)
-    logits = apply_fn({"params": params}, batch["inputs"])
-    loss, weight = weighted_cross_entropy(logits, batch["targets"], batch["weights"])
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * batch["weights"])
-    return loss * weight, correct, weight
+    logits = apply_fn({"params": support.compute_params(params)}, batch["inputs"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             batch["targets"])
+    weights = batch["weights"]
+    correct = (jnp.argmax(logits, -1) == batch["targets"]) * weights
+    per_example_axes = tuple(range(1, losses.ndim))
+    example_weight = jnp.sum(weights, axis=per_example_axes)
+    example_loss = jnp.sum(losses * weights, axis=per_example_axes) / jnp.maximum(
+        example_weight, 1.0)
+    example_loss = jnp.where(example_weight > 0, example_loss, jnp.nan)
+    return jnp.sum(losses * weights), jnp.sum(correct), jnp.sum(weights), example_loss
 
   return eval_step
