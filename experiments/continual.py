@@ -11,7 +11,8 @@
 The ratios follow the official 405M settings (`peak 3e-4, const 1.65e-4, end 3e-5`: constant
 0.55 and end 0.1 of the peak); warmup 10%, cooldown to 60%, anneal over the last 20% of a task.
 
-`stream.domains` is the comma-separated list of corpora trained one after another,
+`stream.domains` is the comma-separated list of corpora trained one after another (in the
+`:arg` part the list is `+`-separated: `:domains=stdlib-code+c-headers`),
 `stream.steps_per_task` the updates per task (the same for every schedule),
 `stream.replay_fraction` the share of each batch drawn from earlier domains, and
 `stream.checkpoint_every` the checkpoint spacing kept in every task folder (0: the largest
@@ -24,7 +25,7 @@ import ml_collections
 
 from experiments import common, lm
 
-DEFAULT_DOMAINS = "stdlib-code,pydoc-english,c-headers"
+DEFAULT_DOMAINS = ("stdlib-code", "pydoc-english", "c-headers")
 SCHEDULES = ("infinite", "infinite_invsqrt", "cosine")
 CONSTANT_FRACTION, END_FRACTION = 0.55, 0.1  # of the peak, as in the official 405M runs
 
@@ -58,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = args.lr
   config.schedule = schedule_block(args.schedule, lr=args.lr, steps=args.steps)
   config.stream = ml_collections.ConfigDict(dict(
-      domains=args.domains, steps_per_task=args.steps, replay_fraction=args.replay,
+      domains=",".join(args.domains), steps_per_task=args.steps, replay_fraction=args.replay,
       checkpoint_every=0))
   config.eval.every_steps = 0  # the runner evaluates every domain after each task
   config.eval.num_batches = 16

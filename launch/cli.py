@@ -1,86 +1,211 @@
-"""Shared entry-point plumbing: config flags, one-line usage errors with exit code 2."""
+"""Shared entry-point plumbing: the config flags, one-line usage errors with exit code 2.
+
+Every entry point that takes a config accepts `--config FILE[:ARG]` (default: its own
+experiment file), `--config.KEY=VALUE` overrides, `--workdir DIR` and `--print_config`. A user
+mistake anywhere (an unknown key, a value of the wrong type, a missing file, a bad `:arg`, a
+config its builder rejects) ends in one line on stderr and exit code 2; Ctrl-C ends in one line
+and 130, SIGTERM in one line and 143, after the run has saved its state.
+"""
 
 from __future__ import annotations
 
-import datetime
-import os
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
 import pathlib
+import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from trainlab.errors import UsageError
 
-EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+REPO = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO / "experiments"
 USAGE_EXIT_CODE = 2
+_OVERRIDE = re.compile(r"^--?config\.([^=]+)")
 
 
-def define_config_flags(default_config: str) -> None:
-  config_flags.DEFINE_config_file(
-      "config", str(EXPERIMENTS_DIR / default_config),
-      "Experiment config file and variant, e.g. experiments/lm.py:size=tiny.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run folder (default: a fresh folder under runs/).")
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """A parsed command line."""
+  config: Any
+  config_arg: str  # FILE[:ARG] as given, or the default
+  workdir: pathlib.Path | None
 
 
-def default_workdir(prefix: str) -> pathlib.Path:
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  return pathlib.Path("runs") / f"{prefix}-{stamp}-{os.getpid()}"
+class ArgumentParser(argparse.ArgumentParser):
+  """`argparse` whose mistakes are a `UsageError` (one line, exit 2) instead of its usage dump."""
+
+  def error(self, message: str) -> NoReturn:
+    raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def usage_error(message: str) -> None:
+def usage_error(message: str) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(USAGE_EXIT_CODE)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    remaining = flags.FLAGS(argv)
-    if "config" in flags.FLAGS:
-      flags.FLAGS.config.to_dict()  # config files load lazily; surface their errors here
-    return remaining
-  except (flags.Error, UsageError) as e:
-    # absl wraps the config file's own exceptions; show the innermost message only.
-    message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    usage_error(f"{message} (see --help)")
-  except Exception as e:  # a config file that fails to load or rejects its argument
-    cause = e.__cause__ or e
-    if isinstance(cause, UsageError):
-      usage_error(str(cause))
-    detail = " ".join(str(cause).split())
-    usage_error(f"cannot load --config: {detail}; check the path and its ':arg' part")
-  return []
+def _help(prog: str, default_config: str, doc: str) -> str:
+  return (f"{doc.strip()}\n\nusage: python -m {prog} [--config FILE[:ARG]] "
+          "[--config.KEY=VALUE ...] [--workdir DIR] [--print_config]\n\n"
+          f"  --config FILE[:ARG]  experiment config (default {default_config}); ARG picks a "
+          "variant, e.g. experiments/lm.py:size=tiny,opt=sophia\n"
+          "  --config.KEY=VALUE   override one key of the config (repeatable)\n"
+          "  --workdir DIR        run folder (default: runs/<config>-<hash of the resolved "
+          "config>, so rerunning the same command continues the same run)\n"
+          "  --print_config       print the resolved config (every KEY) and exit\n")
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
-  """`app.run(main)` that turns `UsageError` anywhere into one line and exit code 2."""
+def _key_exists(config: Any, path: str) -> str | None:
+  """None if `path` names a key of `config`, else the closest keys (for a "did you mean")."""
+  node = config
+  for depth, part in enumerate(path.split(".")):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      prefix = ".".join(path.split(".")[:depth])
+      close = difflib.get_close_matches(part, keys, n=3)
+      return ", ".join(f"{prefix + '.' if prefix else ''}{c}" for c in close)
+    node = node[part]
+  return None
 
-  def guarded(argv: list[str]) -> Any:
-    logging.set_verbosity(logging.WARNING)
-    try:
-      return main(argv)
-    except UsageError as e:
-      usage_error(str(e))
 
-  app.run(guarded, flags_parser=_parse_flags)
+def _load(config_arg: str, argv: list[str]) -> tuple[flags.FlagValues, Any]:
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", config_arg, flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "run folder", flag_values=flag_values)
+  flags.DEFINE_bool("print_config", False, "print the resolved config and exit",
+                    flag_values=flag_values)
+  return flag_values, flag_values(argv)
 
 
-def run_training(train_fn: Callable[[Any, str], Any], workdir_prefix: str) -> tuple[str, Any]:
-  """Starts the distributed runtime, then `train_fn(FLAGS.config, workdir)`.
+def _innermost(error: BaseException) -> BaseException:
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  return error
 
-  A diverged run exits 1; a preempted one (SIGTERM/SIGINT, saved) exits 128 + signal and the
-  same command resumes it.
+
+def _explain(error: Exception, config_arg: str, argv: list[str], base: Any = None) -> str:
+  """One line for a flag or config-loading error; `base` is the config before overrides."""
+  inner = _innermost(error)
+  if isinstance(inner, UsageError):
+    return str(inner)
+  if isinstance(inner, (KeyError, AttributeError)):
+    if base is None:
+      try:  # the config without the overrides, to name the key that does not exist
+        base = _load(config_arg, [argv[0]])[0].config
+      except Exception:  # noqa: BLE001  (the config itself fails: report that below)
+        base = None
+    for arg in argv[1:]:
+      match = _OVERRIDE.match(arg)
+      if base is not None and match:
+        close = _key_exists(base, match.group(1))
+        if close is not None:
+          hint = f" (did you mean {close}?)" if close else ""
+          return (f"--config.{match.group(1)} is not a key of the config{hint}; list the keys "
+                  "with --print_config")
+  if isinstance(inner, OSError) or "Failed loading config file" in str(error):
+    reason = str(inner).strip().splitlines()[-1].strip()
+    return f"cannot load --config {config_arg}: {reason}"
+  text = " ".join(str(error).split())
+  return f"{text} (see --help)"
+
+
+def parse(argv: list[str], default_config: str, prog: str = "", doc: str = "") -> Command:
+  """Parses `argv` (argv[0] is the program) into a `Command`; a `UsageError` on any mistake.
+
+  `default_config` is a file name in `experiments/` used when `--config` is absent. `--help`
+  and `--print_config` print and exit 0 here.
   """
-  from trainlab.training import distributed  # pylint: disable=import-outside-toplevel
-  distributed.maybe_initialize()
-  from trainlab.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
-  workdir = flags.FLAGS.workdir or default_workdir(workdir_prefix)
+  if "--help" in argv[1:] or "-h" in argv[1:] or "--helpfull" in argv[1:]:
+    print(_help(prog or argv[0], f"experiments/{default_config}", doc))
+    sys.exit(0)
+  config_arg = str(EXPERIMENTS_DIR / default_config)
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      config_arg = argv[i + 1]
+    elif arg.startswith("--config="):
+      config_arg = arg.split("=", 1)[1]
   try:
-    return workdir, train_fn(flags.FLAGS.config, workdir)
+    flag_values, rest = _load(config_arg, argv)
+    config = flag_values.config
+    config.to_dict()  # a config file loads lazily: surface its errors here
+  except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)
+    raise UsageError(_explain(e, config_arg, argv)) from None
+  unknown = [a for a in rest[1:] if a.startswith("-")]
+  if unknown:
+    raise UsageError(f"unknown flag {unknown[0]} (see --help)")
+  if rest[1:]:
+    raise UsageError(f"unexpected arguments {rest[1:]}; use --config.KEY=VALUE to override")
+  if flag_values.print_config:
+    print(config)
+    sys.exit(0)
+  workdir = flag_values.workdir
+  return Command(config=config, config_arg=config_arg,
+                 workdir=pathlib.Path(workdir) if workdir else None)
+
+
+def override(config: Any, overrides: list[str]) -> Any:
+  """`config` with `--config.KEY=VALUE` `overrides` applied (the same checks as `parse`)."""
+  argv = ["override", *overrides]
+  flag_values = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_dict("config", config, flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    rest = flag_values(argv)
+  except Exception as e:  # noqa: BLE001
+    raise UsageError(_explain(e, "", argv, base=config)) from None
+  if rest[1:]:
+    raise UsageError(f"unexpected arguments {rest[1:]}; only --config.KEY=VALUE may follow")
+  return flag_values.config
+
+
+def default_workdir(command: Command, prefix: str) -> pathlib.Path:
+  """`runs/<prefix>-<config file stem>-<8 hex of the resolved config>`: the same command gives
+  the same folder (so a rerun continues it), a different config a different one."""
+  resolved = json.dumps(command.config.to_dict(), sort_keys=True, default=str)
+  digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+  stem = pathlib.Path(command.config_arg.split(":", 1)[0]).stem
+  return REPO / "runs" / f"{prefix}-{stem}-{digest}"
+
+
+def run(main: Callable[[list[str]], Any]) -> NoReturn:
+  """Runs `main(sys.argv)`, turning `UsageError` into one line and exit code 2 and Ctrl-C into
+  one line and exit code 130."""
+  flags.FLAGS.mark_as_parsed()  # libraries read absl flags; ours are parsed by `parse`
+  logging.set_verbosity(logging.WARNING)
+  try:
+    result = main(sys.argv)
+  except UsageError as e:
+    usage_error(" ".join(str(e).split()))
+  except KeyboardInterrupt:
+    print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
+    sys.exit(130)
+  sys.exit(result or 0)
+
+
+def run_training(train_fn: Callable[[Any, pathlib.Path], Any], command: Command,
+                 prefix: str) -> tuple[pathlib.Path, Any]:
+  """Starts the distributed runtime, then `train_fn(config, workdir)`.
+
+  A diverged run exits 1; a preempted one (SIGTERM/SIGINT, saved) exits 128 + signal, and the
+  same command resumes it. The workdir is printed first and in every stop message.
+  """
+  from trainlab.training import distributed, loop, preemption
+  distributed.maybe_initialize()
+  workdir = command.workdir or default_workdir(command, prefix)
+  is_main = distributed.is_main_process()
+  try:
+    return workdir, train_fn(command.config, workdir)
   except loop.DivergedError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e} (workdir {workdir})", file=sys.stderr)
     sys.exit(1)
-  except checkpoint.Preempted as e:
-    print(f"stopped: {e}", file=sys.stderr)
+  except preemption.Preempted as e:
+    if is_main:
+      print(f"stopped: {e} (workdir {workdir})", file=sys.stderr)
     sys.exit(128 + e.signum)

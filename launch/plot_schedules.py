@@ -17,11 +17,10 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt
 import jax
 import numpy as np
 
-import trainlab.algorithms  # pylint: disable=unused-import  (registers every module's schedules)
 from trainlab.algorithms import schedules
 
 # Example arguments per registered name; fractions of total_steps are resolved at draw time.

@@ -1,27 +1,25 @@
-"""Train one config: `python -m launch.train [--config FILE[:ARG]] [--config.KEY=VALUE] [--workdir DIR]`.
+"""Train one config: `python -m launch.train [--config FILE[:ARG]] [--config.KEY=VALUE]
+[--workdir DIR] [--print_config]`.
 
 With no flags it trains the embedded default (`experiments/lm.py`, size `tiny`): a small GPT
-on the standard library's source, about 2 minutes on 2 CPU cores.
+on the standard library's source, about a minute on 2 CPU cores. Without `--workdir` the run
+folder is `runs/train-<config>-<hash of the resolved config>`: rerunning the same command after
+an interruption continues the same run.
 """
 
 from __future__ import annotations
 
 import json
 
-from absl import flags
-
 from launch import cli
-
-cli.define_config_flags("lm.py")
-FLAGS = flags.FLAGS
+from trainlab.training import loop
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.usage_error(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE to override")
-  from trainlab.training import loop  # pylint: disable=import-outside-toplevel
-  workdir, summary = cli.run_training(loop.train, "train")
+def main(argv: list[str]) -> int:
+  command = cli.parse(argv, "lm.py", "launch.train", __doc__)
+  workdir, summary = cli.run_training(loop.train, command, "train")
   print(json.dumps({"workdir": str(workdir), **summary}, indent=2))
+  return 0
 
 
 if __name__ == "__main__":
