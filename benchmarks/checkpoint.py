@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import lm
-from trainlab.training import checkpoint, loop
+from trainlab.training import checkpoint
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 
 
 def _random_state(state):
@@ -61,7 +63,7 @@ def _disk(directory: pathlib.Path, nbytes: int) -> tuple[float, float]:
 def _step_times(trainer, state, steps: int, first: int, during=None):
   times = []
   for step in range(first, first + steps):
-    batch = trainer.device_batch(trainer.dataset.train_batch(step))
+    batch = trainer.device_batch(trainer.run.dataset.train_batch(step))
     start = time.perf_counter()
     state, metrics = trainer.train_step(state, batch)
     jax.block_until_ready(metrics)
@@ -81,7 +83,7 @@ def main() -> None:
 
   config = lm.get_config(f"size={args.size}")
   config.model.d_model *= args.scale
-  trainer = loop.Trainer(config)
+  trainer = Trainer(build_run(config))
   state = _random_state(trainer.init_state())
   nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
   state, _ = _step_times(trainer, state, 2, 0)  # compile

@@ -32,7 +32,7 @@ import time
 
 SETUPS = {
     "adamw": ("adamw", {}),
-    "master fp8": ("adamw", {"master_weights_quantizer": "fp8_e4m3"}),
+    "master fp8": ("adamw_master", {"master_weights_quantizer": "fp8_e4m3"}),
     "naive fp8": ("eco_adamw", {"quantizer": "fp8_e4m3", "mode": "naive"}),
     "eco fp8": ("eco_adamw", {"quantizer": "fp8_e4m3"}),
     "eco int4": ("eco_adamw", {"quantizer": "int4"}),
@@ -40,18 +40,19 @@ SETUPS = {
 
 
 def _trainer(setup: str):
-  from experiments import lm  # pylint: disable=import-outside-toplevel
-  from trainlab.training.loop import Trainer  # pylint: disable=import-outside-toplevel
+  from experiments import lm
+  from trainlab.training.run import build_run
+  from trainlab.training.trainer import Trainer
   name, extra = SETUPS[setup]
   config = lm.get_config(f"size=tiny,opt={name}")
   config.optimizer.update(extra)
-  return Trainer(config)
+  return Trainer(build_run(config))
 
 
 def measure_memory(setup: str, steps: int) -> dict[str, float]:
   """In this process: state bytes per parameter and peak RSS after `steps` train steps."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from trainlab.algorithms import quantize as qz  # pylint: disable=import-outside-toplevel
+  import jax
+  from trainlab.algorithms import quantize as qz
   trainer = _trainer(setup)
   state = trainer.init_state()
   for step in range(steps):
@@ -61,7 +62,7 @@ def measure_memory(setup: str, steps: int) -> dict[str, float]:
   num_params = sum(x.size for x in jax.tree.leaves(state.params, is_leaf=is_q))
   state_bytes = qz.tree_nbytes(state)
   copy_bytes = 0
-  quantizer = trainer.config.optimizer.get("master_weights_quantizer", "")
+  quantizer = trainer.run.config.optimizer.get("master_weights_quantizer", "")
   if quantizer:
     copy_bytes = qz.tree_nbytes(qz.quantize_tree(state.params, qz.get_quantizer(quantizer)))
   return {"num_params": num_params, "state_bpp": state_bytes / num_params,
@@ -72,8 +73,8 @@ def measure_memory(setup: str, steps: int) -> dict[str, float]:
 
 def measure_time(steps: int, rounds: int) -> dict[str, float]:
   """In this process: median seconds per train step of every set-up, round-robin."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
   trainers = {s: _trainer(s) for s in SETUPS}
   states = {s: t.init_state() for s, t in trainers.items()}
   batches = {s: [t.step_batch(i) for i in range(steps)] for s, t in trainers.items()}

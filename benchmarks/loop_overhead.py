@@ -23,12 +23,14 @@ import jax
 
 from experiments import lm
 from trainlab.training import loop
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 
 
 def bare_step_time(config, steps: int, log_every: int) -> float:
-  trainer = loop.Trainer(config)
+  trainer = Trainer(build_run(config))
   state = trainer.init_state()
-  dataset = trainer.dataset
+  dataset = trainer.run.dataset
   for step in range(log_every):  # compile and warm up, like the trainer's first window
     state, _ = trainer.train_step(state, trainer.device_batch(dataset.train_batch(step)))
   jax.block_until_ready(state)

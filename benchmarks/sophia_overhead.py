@@ -25,18 +25,19 @@ import jax
 import numpy as np
 
 from experiments import lm
-from trainlab.training import loop
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 
 
-def _trainer(size: str, opt: str, interval: int, hessian_batch_size: int) -> loop.Trainer:
+def _trainer(size: str, opt: str, interval: int, hessian_batch_size: int) -> Trainer:
   config = lm.get_config(f"size={size},opt={opt}")
   if opt == "sophia":
     config.optimizer.update_interval = interval
     config.optimizer.hessian_batch_size = hessian_batch_size
-  return loop.Trainer(config)
+  return Trainer(build_run(config))
 
 
-def _window(trainer: loop.Trainer, state, batches) -> tuple[object, float]:
+def _window(trainer: Trainer, state, batches) -> tuple[object, float]:
   """Runs the steps back to back, blocking once at the end; returns the state and seconds."""
   start = time.perf_counter()
   for batch in batches:
@@ -45,7 +46,7 @@ def _window(trainer: loop.Trainer, state, batches) -> tuple[object, float]:
   return state, time.perf_counter() - start
 
 
-def _single_step_times(trainer: loop.Trainer, state, batches) -> tuple[object, list[float]]:
+def _single_step_times(trainer: Trainer, state, batches) -> tuple[object, list[float]]:
   """Blocks after every step: separates Sophia's plain steps from its refresh step."""
   times = []
   for batch in batches:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from trainlab.errors import UsageError
+from trainlab.training import loop, rundir
 
 
 def available() -> list[str]:
@@ -55,7 +55,7 @@ class Context:
 
   def enable_compilation_cache(self) -> None:
     """Seeds of one config compile to the same programs; a disk cache compiles them once."""
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax
     cache = (self.runs_dir / "jax_cache").resolve()
     cache.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(cache))
@@ -73,18 +73,10 @@ class Context:
     run of the same config (its summary.json exists) is not trained again, so an interrupted
     reproduction continues where it stopped.
     """
-    if train_fn is None:
-      from trainlab.training.loop import train as train_fn  # pylint: disable=import-outside-toplevel
     workdir = self.runs_dir / run_name
-    summary_path = workdir / "summary.json"
-    if summary_path.exists():
-      stored = json.loads((workdir / "config.json").read_text())
-      if stored != json.loads(json.dumps(config.to_dict())):
-        raise UsageError(f"{workdir} holds a finished run of a different config; move it away "
-                         "or delete it to rerun")
-      summary = json.loads(summary_path.read_text())
-    else:
-      summary = train_fn(config, workdir, progress=False)
+    summary = rundir.finished(workdir, config)
+    if summary is None:
+      summary = (train_fn or loop.train)(config, workdir, progress=False)
     history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     return {**summary, "history": history, "workdir": str(workdir)}
 
@@ -94,7 +86,7 @@ class Context:
 
   def save_figure(self, fig: Any, suffix: str, dpi: int = 120) -> pathlib.Path:
     """Lays out, writes and closes a matplotlib figure as `NAME_suffix.png`; returns its path."""
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
     path = self.plot_path(suffix)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)

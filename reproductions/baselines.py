@@ -9,10 +9,10 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
 
-from experiments import lm  # pylint: disable=wrong-import-position
-from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from experiments import lm
+from reproductions import Context, markdown_table, mean_std
 
 LEARNING_RATES = {"adamw": 1e-2, "lion": 3e-3, "sgd": 0.3}
 

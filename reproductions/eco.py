@@ -19,19 +19,20 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
 
-from trainlab.algorithms import quantize as qz  # pylint: disable=wrong-import-position
-from experiments import image, lm  # pylint: disable=wrong-import-position
-from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
-from trainlab.training.loop import Trainer  # pylint: disable=wrong-import-position
+from trainlab.algorithms import quantize as qz
+from experiments import image, lm
+from reproductions import Context, markdown_table, mean_std
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 
 # label -> (optimizer.name, extra optimizer keys)
 SETUPS: dict[str, tuple[str, dict[str, Any]]] = {"float32": ("adamw", {})}
 for _fmt in ("fp8_e4m3", "int4"):
   _short = "fp8" if _fmt == "fp8_e4m3" else "int4"
   SETUPS.update({
-      f"master {_short}": ("adamw", dict(master_weights_quantizer=_fmt)),
+      f"master {_short}": ("adamw_master", dict(master_weights_quantizer=_fmt)),
       f"naive {_short}": ("eco_adamw", dict(quantizer=_fmt, mode="naive", rounding="nearest")),
       f"eco {_short}": ("eco_adamw", dict(quantizer=_fmt, mode="eco", rounding="nearest")),
       f"eco-sr {_short}": ("eco_adamw", dict(quantizer=_fmt, mode="eco", rounding="stochastic")),
@@ -63,7 +64,7 @@ def static_bytes(config: Any) -> tuple[float, float]:
   Static memory adds, for master weights, the quantized compute copy that FP8/INT4 training
   systems keep beside the float32 master (our trainer rebuilds it each step instead).
   """
-  state = Trainer(config).abstract_state
+  state = Trainer(build_run(config)).abstract_state
   is_q = lambda x: isinstance(x, qz.QuantizedArray)
   num_params = sum(x.size for x in jax.tree.leaves(state.params, is_leaf=is_q))
   state_bytes = qz.tree_nbytes(state)

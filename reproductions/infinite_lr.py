@@ -18,11 +18,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments import continual as continual_configs  # pylint: disable=wrong-import-position
-from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from experiments import continual as continual_configs
+from trainlab.training import continual
+from reproductions import Context, markdown_table, mean_std
 
 LABELS = {"cosine": "repeated cosine", "infinite": "infinite (cosine cooldown)",
           "infinite_invsqrt": "infinite (inv-sqrt cooldown)"}
@@ -35,7 +36,7 @@ class _Setup:
     self.quick = ctx.quick
     self.seeds = list(range(ctx.num_seeds(3)))
     self.steps = 10 if ctx.quick else 200
-    self.domains = continual_configs.DEFAULT_DOMAINS.split(",")[:2 if ctx.quick else 3]
+    self.domains = list(continual_configs.DEFAULT_DOMAINS)[:2 if ctx.quick else 3]
     self.spacing = 2 if ctx.quick else 20
 
 
@@ -50,7 +51,6 @@ def _config(setup: _Setup, schedule: str, seed: int, domains: list[str]) -> Any:
 
 def _stream(ctx: Context, config: Any, name: str, reuse_task0: pathlib.Path | None = None):
   """Runs (or reuses) one stream; returns its loss matrix record, trajectory and lr curve."""
-  from trainlab.training import continual  # pylint: disable=import-outside-toplevel
   workdir = ctx.runs_dir / name
   if reuse_task0 is not None:  # task 0 is the same run as the main stream's: link it
     workdir.mkdir(parents=True, exist_ok=True)

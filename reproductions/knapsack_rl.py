@@ -7,17 +7,20 @@ Claims checked: knapsack allocation raises the share of rollouts with a non-zero
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments import rl  # pylint: disable=wrong-import-position
-from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
-from trainlab.training import grpo  # pylint: disable=wrong-import-position
+from experiments import rl
+from reproductions import Context, markdown_table, mean_std
+from trainlab.algorithms import grpo as grpo_math
+from trainlab.training import grpo
 
 ALLOCATIONS = ("uniform", "knapsack")
 
@@ -30,7 +33,8 @@ def _series(result: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
 def run(ctx: Context) -> None:
   size = "test" if ctx.quick else "default"
   seeds = range(ctx.num_seeds(4))
-  results = {}
+  results, warm_starts = {}, {}  # the two allocations of a seed share one warm start
+  train_fn = functools.partial(grpo.train, warm_starts=warm_starts)
   for seed in seeds:
     for allocation in ALLOCATIONS:
       config = rl.get_config(f"size={size},allocation={allocation}")
@@ -38,7 +42,7 @@ def run(ctx: Context) -> None:
       if not ctx.quick:
         config.total_steps = 80  # 10 epochs over the pool
       results[allocation, seed] = ctx.train(config, f"{allocation}_seed{seed}",
-                                            train_fn=grpo.train)
+                                            train_fn=train_fn)
   steps_per_epoch = config.task.pool_size // config.rl.prompts_per_step
   budget = config.rl.prompts_per_step * config.rl.rollouts_per_prompt
 
@@ -71,7 +75,7 @@ def run(ctx: Context) -> None:
       ax.plot(steps, mean, color=color, label=f"{a} (mean of {len(seeds)} seeds)")
       for c in curves:
         ax.plot(c[0], c[1], color=color, alpha=0.2, lw=0.8)
-    hist_keys = [f"alloc_hist/{label}" for label in grpo.HIST_LABELS]
+    hist_keys = [f"alloc_hist/{label}" for label in grpo_math.HIST_LABELS]
     totals = np.sum([[r[k] for k in hist_keys] for s in seeds for r in results[a, s]["history"]
                      if "alloc_hist/2" in r and r["step"] > steps_per_epoch], axis=0)
     offset = -0.2 if a == "uniform" else 0.2
@@ -81,7 +85,7 @@ def run(ctx: Context) -> None:
   axes[0].set(xlabel="RL step", ylabel="share of rollouts with non-zero advantage",
               title="effective gradient ratio")
   axes[1].set(xlabel="RL step", ylabel="greedy pass rate", title="held-out pass rate")
-  axes[2].set(xticks=np.arange(len(grpo.HIST_LABELS)), xticklabels=grpo.HIST_LABELS,
+  axes[2].set(xticks=np.arange(len(grpo_math.HIST_LABELS)), xticklabels=grpo_math.HIST_LABELS,
               xlabel="rollouts given to a prompt", ylabel="share of prompts",
               title="allocation after epoch 1")
   for ax in axes:

@@ -13,10 +13,10 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
 
-from experiments import lm  # pylint: disable=wrong-import-position
-from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from experiments import lm
+from reproductions import Context, markdown_table, mean_std
 
 # The test-size GPT of experiments/lm.py (1 layer, d=32, 2 heads, sequence 32, batch 8): 36
 # runs of it fit the reproduction's ~20 minute budget on the shared 2-core machine. An

@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
 
-from trainlab.algorithms import schedules  # pylint: disable=wrong-import-position
-from experiments import image  # pylint: disable=wrong-import-position
-from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from trainlab.algorithms import schedules
+from experiments import image
+from reproductions import Context, markdown_table, mean_std
 
 # Label -> (registered schedule, kwargs). No warmup anywhere (OneCycle's rise is its own).
 SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {

@@ -16,11 +16,12 @@ from typing import Any, Callable
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments import wsd as wsd_configs  # pylint: disable=wrong-import-position
-from reproductions import Context, markdown_table, mean_std  # pylint: disable=wrong-import-position
+from experiments import wsd as wsd_configs
+from trainlab.training.branch import branch_config
+from reproductions import Context, markdown_table, mean_std
 
 SWEEP_SEED = 100  # the learning-rate sweep uses a seed that no reported run uses
 SWEEP_LRS = {"cosine": (3e-3, 6e-3, 1.2e-2), "wsd": (3e-3, 6e-3, 1.2e-2)}
@@ -159,7 +160,6 @@ def _part_c(ctx: Context, setup: _Setup, best: dict[str, float], results_a):
 
 def _part_b(ctx: Context, setup: _Setup, best: dict[str, float], results_a):
   """One stable WSD run, decays branched at three budgets; cosine from scratch at each."""
-  from launch import branch  # pylint: disable=import-outside-toplevel
   budgets, results = setup.branch_budgets, {}
   longest = max(budgets)
   points = [round((1 - BRANCH_DECAY) * b) for b in budgets]
@@ -173,7 +173,7 @@ def _part_b(ctx: Context, setup: _Setup, best: dict[str, float], results_a):
       if budget == longest:  # the stable run's own decay is the branch of the longest budget
         results[f"branch {budget}", seed] = stable_run
       else:
-        config = branch.branch_config(source, str(pathlib.Path(stable_run["workdir"]).resolve()),
+        config = branch_config(source, str(pathlib.Path(stable_run["workdir"]).resolve()),
                                       at, budget - at)
         results[f"branch {budget}", seed] = ctx.train(config, f"b_branch_{budget}_seed{seed}")
       if budget == setup.budget and ("cosine to 10%", seed) in results_a:
