@@ -17,8 +17,10 @@ import pytest
 
 from trainlab.errors import UsageError
 from experiments import lm
-from launch import branch
-from trainlab.training import checkpoint, loop
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
+from trainlab.training import checkpoint, loop, resume
+from trainlab.training.branch import branch_config
 
 # Orbax leaves read coroutines of a failed (corrupt) restore for the garbage collector.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -134,7 +136,7 @@ def _state_file(step_dir: pathlib.Path) -> pathlib.Path:
 def test_corrupt_latest_checkpoints_fall_back_to_the_previous_complete_one(tmp_path, capfd):
   config = _config(total_steps=6)
   loop.train(config, tmp_path, progress=False)
-  trainer = loop.Trainer(config)
+  trainer = Trainer(build_run(config))
   ckpts = checkpoint.Checkpoints(tmp_path)
   assert ckpts.steps() == [4, 6]
   good = jax.device_get(ckpts.restore(4, trainer.abstract_state))
@@ -143,7 +145,7 @@ def test_corrupt_latest_checkpoints_fall_back_to_the_previous_complete_one(tmp_p
   state = ckpts.restore_latest(trainer.abstract_state)
   assert int(state.step) == 4
   jax.tree.map(np.testing.assert_array_equal, good, jax.device_get(state))
-  import shutil  # pylint: disable=import-outside-toplevel
+  import shutil
   shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")  # a missing item
   assert ckpts.restore_latest(trainer.abstract_state) is None
   errors = capfd.readouterr().err.splitlines()
@@ -191,7 +193,7 @@ def test_branch_from_continues_the_schedule_exactly(tmp_path):
   full = loop.train(stable, tmp_path / "run", progress=False)
   assert checkpoint.Checkpoints(tmp_path / "run", read_only=True).steps() == [3, 6]
   source = json.loads((tmp_path / "run" / "config.json").read_text())
-  branched = branch.branch_config(source, str(tmp_path / "run"), 3, 3)
+  branched = branch_config(source, str(tmp_path / "run"), 3, 3)
   assert branched.schedule.to_dict() == {**wsd, "decay_steps": 3}
   assert branched.total_steps == 6
   summary = loop.train(branched, tmp_path / "branch", progress=False)
@@ -202,10 +204,10 @@ def test_branch_from_continues_the_schedule_exactly(tmp_path):
 def test_init_from_loads_parameters_only(trained, tmp_path):
   config = _config(total_steps=4)
   saved = checkpoint.Checkpoints(trained, read_only=True)
-  source_params = jax.device_get(saved.restore(4, loop.Trainer(config).abstract_state).params)
+  source_params = jax.device_get(saved.restore(4, Trainer(build_run(config)).abstract_state).params)
   config.checkpoint.init_from = str(trained)
-  state, origin = checkpoint.restore_or_init(
-      loop.Trainer(config), config, checkpoint.Checkpoints(tmp_path / "new"))
+  state, origin = resume.restore_or_init(
+      Trainer(build_run(config)), checkpoint.Checkpoints(tmp_path / "new"))
   assert origin.startswith("initialized parameters") and int(state.step) == 0
   jax.tree.map(np.testing.assert_array_equal, source_params, jax.device_get(state.params))
   mu = jax.tree.leaves(jax.device_get(state.opt_state))

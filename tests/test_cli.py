@@ -1,12 +1,21 @@
-"""Bad input a user can cause ends in one line naming the problem, exit code 2, no traceback."""
+"""Bad input a user can cause ends in one line naming the problem, exit code 2, no traceback.
+
+The messages are checked in-process (`cli.parse` and `build_run` are what the entry points call);
+two subprocess cases keep the exit-2 contract of the real command line.
+"""
 
 from __future__ import annotations
 
 import pytest
 
+from launch import cli
+from trainlab.errors import UsageError
+from trainlab.training.run import build_run
+
 TEST = "experiments/lm.py:size=test"
 BAD_INPUTS = {
-    "unknown key": (["--config", TEST, "--config.optimizer.nope=1"], "nope"),
+    "unknown key": (["--config", TEST, "--config.optimizer.nope=1"], "optimizer.nope"),
+    "unknown key without --config": (["--config.total_step=10"], "did you mean total_steps"),
     "wrong type": (["--config", TEST, "--config.total_steps=abc"], "total_steps"),
     "negative steps": (["--config", TEST, "--config.total_steps=-5"], "total_steps"),
     "warmup longer than run": (["--config", TEST, "--config.schedule.warmup_steps=1000"],
@@ -20,6 +29,8 @@ BAD_INPUTS = {
                          "--config.data.path=/nonexistent"], "apt-get install"),
     "unknown config variant": (["--config", "experiments/lm.py:size=huge"], "size"),
     "config argument typo": (["--config", "experiments/lm.py:sise=tiny"], "sise"),
+    "config argument of the wrong type": (["--config", "experiments/image.py:epochs=abc"],
+                                          "epochs"),
     "missing config file": (["--config", "experiments/nope.py"], "nope.py"),
     "context shorter than sequence": (["--config", TEST, "--config.data.seq_len=64"],
                                       "context_len"),
@@ -27,20 +38,29 @@ BAD_INPUTS = {
                                         "model."),
     "heads do not divide width": (["--config", TEST, "--config.model.num_heads=3"], "num_heads"),
     "zero batch": (["--config", TEST, "--config.batch_size=0"], "batch_size"),
+    "infinite learning rate": (["--config", TEST, "--config.optimizer.learning_rate=inf"],
+                               "learning_rate"),
+    "unknown flag": (["--config", TEST, "--workdr=x"], "workdr"),
     "stray positional argument": (["--config", TEST, "extra"], "extra"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_and_exit_2(case, run_module, tmp_path):
+def test_bad_input_is_a_usage_error_naming_the_key(case):
   args, needle = BAD_INPUTS[case]
-  result = run_module("launch.train", *args, "--workdir", str(tmp_path / "w"))
-  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  with pytest.raises(UsageError) as raised:
+    build_run(cli.parse(["launch.train", *args], "lm.py").config)
+  message = str(raised.value)
+  assert needle in message and "\n" not in message.strip(), message
+
+
+def test_bad_input_on_the_command_line_is_one_line_and_exit_2(run_module, tmp_path):
+  """The mistyped key without --config used to be a 53-line traceback."""
+  result = run_module("launch.train", "--config.total_step=10", "--workdir", str(tmp_path / "w"))
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
   assert result.returncode == 2, result.stderr
-  assert "Traceback" not in result.stderr
-  assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-  assert needle in lines[0]
-  assert not (tmp_path / "w" / "summary.json").exists()
+  assert len(lines) == 1 and lines[0].startswith("error:") and "total_steps" in lines[0]
+  assert not (tmp_path / "w").exists()
 
 
 def test_batch_not_divisible_by_devices(run_module, tmp_path):
@@ -48,4 +68,34 @@ def test_batch_not_divisible_by_devices(run_module, tmp_path):
                       "--workdir", str(tmp_path / "w"),
                       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert "not divisible by the 8 devices" in result.stderr
+  assert "not divisible by the 8 batch shards" in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_derived_defaults_follow_overrides():
+  config = cli.parse(["launch.train", "--config.total_steps=30"], "lm.py").config
+  assert config.schedule.warmup_steps == 3 and config.eval.every_steps == 7
+  config = cli.parse(["launch.train", "--config.total_steps=30",
+                      "--config.schedule.warmup_steps=5"], "lm.py").config
+  assert config.schedule.warmup_steps == 5
+  config = cli.parse(["launch.train", "--config.optimizer.learning_rate=1e-2"], "lm.py").config
+  assert config.schedule.end_value == pytest.approx(1e-3)
+
+
+def test_config_arguments_parse_by_type():
+  from experiments import common
+  args = common.parse_arg("flag=false,steps=3,lr=1e-3,names=a+b", flag=True, steps=1, lr=0.1,
+                          names=("x",))
+  assert args.flag is False and args.steps == 3 and args.lr == 1e-3
+  assert args.names == ("a", "b")
+  with pytest.raises(UsageError, match="flag='no' must be true or false"):
+    common.parse_arg("flag=no", flag=True)
+
+
+def test_default_workdir_is_a_function_of_the_resolved_config():
+  a = cli.parse(["launch.train"], "lm.py")
+  b = cli.parse(["launch.train"], "lm.py")
+  c = cli.parse(["launch.train", "--config.seed=1"], "lm.py")
+  assert cli.default_workdir(a, "train") == cli.default_workdir(b, "train")
+  assert cli.default_workdir(a, "train") != cli.default_workdir(c, "train")
+  assert cli.default_workdir(a, "train").name.startswith("train-lm-")

@@ -11,6 +11,8 @@ import pytest
 
 from trainlab.data import make_dataset
 from experiments import continual as continual_configs
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 from trainlab.training import checkpoint, continual, loop
 
 DOMAINS = "stdlib-code,pydoc-english"
@@ -35,7 +37,7 @@ def _config():
 @pytest.fixture(scope="module", name="stream")
 def stream_fixture(tmp_path_factory):
   """A two-task infinite-schedule stream trained once through the CLI."""
-  from conftest import run_module  # pylint: disable=import-outside-toplevel
+  from conftest import run_module
   workdir = tmp_path_factory.mktemp("stream")
   result = run_module("launch.continual", *_flags(workdir))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -75,7 +77,7 @@ def test_task_two_resumes_from_pre_anneal_state(stream):
   tasks = continual.plan(_config(), workdir.resolve())
   task0, task1 = tasks
   assert task1.config.checkpoint.branch_from == str(task0.run_dir)
-  trainer = loop.Trainer(task1.config)
+  trainer = Trainer(build_run(task1.config))
   pre_anneal = _params(task0.run_dir, STEPS - 2, trainer)
   deployable = _params(task0.run_dir, STEPS, trainer)
   assert not np.allclose(pre_anneal.params["embed"]["embedding"],
@@ -118,7 +120,7 @@ def test_other_config_in_same_workdir_is_a_usage_error(stream, run_module):
 def test_plan_chains_tasks_by_schedule(tmp_path):
   config = continual_configs.get_config("schedule=cosine,steps=20")
   tasks = continual.plan(config, tmp_path)
-  assert [t.domain for t in tasks] == continual_configs.DEFAULT_DOMAINS.split(",")
+  assert [t.domain for t in tasks] == list(continual_configs.DEFAULT_DOMAINS)
   assert [(t.start_step, t.end_step) for t in tasks] == [(0, 20), (20, 40), (40, 60)]
   assert [t.config.schedule.num_cycles for t in tasks] == [1, 2, 3]
   assert [t.config.checkpoint.branch_step for t in tasks] == [-1, 20, 40]
@@ -136,7 +138,7 @@ def test_replay_batches_are_pure_and_mix_earlier_domains():
   config = continual_configs.get_config("schedule=cosine,steps=20,replay=0.25")
   task = continual.plan(config, "/tmp/unused")[2]  # c-headers, replaying the two before it
   assert task.config.data.replay == "stdlib-code,pydoc-english"
-  a, b = loop.build_dataset(task.config), loop.build_dataset(task.config)
+  a, b = build_run(task.config).dataset, build_run(task.config).dataset
   batch = a.train_batch(7)
   for key in batch:
     np.testing.assert_array_equal(batch[key], b.train_batch(7)[key])

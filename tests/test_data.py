@@ -8,7 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from trainlab.data import UsageError, make_dataset
+from trainlab.data import make_dataset
+from trainlab.errors import UsageError
 from trainlab.data import images, text
 
 

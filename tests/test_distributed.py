@@ -14,6 +14,8 @@ import pytest
 
 from trainlab.errors import UsageError
 from experiments import lm
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 from trainlab.training import checkpoint, distributed, loop
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -93,8 +95,8 @@ def test_two_processes_train_like_one_then_save_and_restore(tmp_path):
 
   # Both processes wrote one checkpoint; this single process restores it onto its device.
   state = checkpoint.Checkpoints(tmp_path / "two", read_only=True).restore(
-      STEPS, loop.Trainer(config).abstract_state)
-  from trainlab.training import metrics  # pylint: disable=import-outside-toplevel
+      STEPS, Trainer(build_run(config)).abstract_state)
+  from trainlab.training import metrics
   assert metrics.params_sha256(state.params) == summaries[0]["params_sha256"]
 
   again = _two_processes(tmp_path / "two")  # the rerun restores on two processes

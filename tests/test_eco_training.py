@@ -20,8 +20,8 @@ import pytest
 from trainlab.algorithms import quantize as qz
 from trainlab.errors import UsageError
 from experiments import lm
-from trainlab.training import config as config_lib
-from trainlab.training.loop import Trainer
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 
 is_q = lambda x: isinstance(x, qz.QuantizedArray)
 SCALARS_BYTES = 256  # step, rng key, counts, injected hyperparameters
@@ -31,7 +31,7 @@ def _trainer(opt: str, **optimizer) -> Trainer:
   config = lm.get_config(f"size=test,opt={opt}")
   config.total_steps = 12
   config.optimizer.update(optimizer)
-  return Trainer(config)
+  return Trainer(build_run(config))
 
 
 def _train(trainer: Trainer, steps: int):
@@ -51,14 +51,15 @@ def test_eco_adamw_fp8_trains_with_a_quantized_state_and_saves_bit_exactly(tmp_p
   state, losses = _train(trainer, 12)
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses
-  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert trainer.train_step._cache_size() == 1
 
   params = jax.tree.leaves(state.params, is_leaf=is_q)
   matrices = [p for p in params if is_q(p)]
   assert len(matrices) == sum(len(s) >= 2 for s in _param_shapes(trainer)) > 0
   for p in matrices:
-    assert p.codes.dtype == ml_dtypes.float8_e4m3fn and p.codes.shape == p.shape
-    assert p.scales.dtype == np.float32 and p.scales.shape == p.shape[:-1] + (1,)
+    assert p.code_values.dtype == ml_dtypes.float8_e4m3fn and p.codes.shape == p.shape
+    assert p.codes.dtype.itemsize == 1 and p.scales.dtype.itemsize == 4  # 1 byte per code
+    assert p.scale_values.dtype == np.float32 and p.scales.shape == p.shape[:-1] + (1,)
   assert all(p.dtype == np.float32 and p.ndim < 2 for p in params if not is_q(p))
   # No float32 copy of a weight matrix: exactly m and v per matrix have its shape.
   matrix_shaped = [x for x in jax.tree.leaves(state.opt_state)
@@ -102,7 +103,7 @@ def _fp8_roundtrip(w: np.ndarray) -> np.ndarray:
 
 
 def test_master_weights_forward_runs_on_an_fp8_copy_and_state_stays_float32():
-  trainer = _trainer("adamw", master_weights_quantizer="fp8_e4m3")
+  trainer = _trainer("adamw_master", master_weights_quantizer="fp8_e4m3")
   state = trainer.init_state()
   params = jax.device_get(state.params)
   batch = trainer.step_batch(0)
@@ -110,7 +111,8 @@ def test_master_weights_forward_runs_on_an_fp8_copy_and_state_stays_float32():
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(new_state.params))
 
   def loss_on(weights):
-    logits = np.asarray(trainer.model.apply({"params": weights}, batch["inputs"]), np.float64)
+    logits = np.asarray(trainer.run.model.apply({"params": weights}, batch["inputs"]),
+                        np.float64)
     logits -= logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     targets, w = np.asarray(batch["targets"]), np.asarray(batch["weights"])
@@ -126,7 +128,7 @@ def test_master_weights_forward_runs_on_an_fp8_copy_and_state_stays_float32():
 
 @pytest.mark.parametrize("key, value, opt", [
     ("master_weights_quantizer", "fp8_e4m3", "eco_adamw"),
-    ("master_weights_quantizer", "fp9", "adamw"),
+    ("master_weights_quantizer", "fp9", "adamw_master"),
     ("quantizer", "int3", "eco_adamw"),
     ("mode", "lazy", "eco_adamw"),
 ])
@@ -134,7 +136,7 @@ def test_bad_eco_keys_are_usage_errors(key, value, opt):
   config = lm.get_config(f"size=test,opt={opt}")
   config.optimizer[key] = value
   with pytest.raises(UsageError, match=f"{key}|{value}"):
-    config_lib.validate(config)
+    build_run(config)
 
 
 def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
@@ -146,8 +148,8 @@ def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
 
 
 def test_eco_run_resumes_from_its_own_checkpoint_like_an_uninterrupted_run(tmp_path):
-  import shutil  # pylint: disable=import-outside-toplevel
-  from trainlab.training import loop  # pylint: disable=import-outside-toplevel
+  import shutil
+  from trainlab.training import loop
   config = lm.get_config("size=test,opt=eco_adamw")
   config.total_steps, config.checkpoint.every_steps = 6, 3
   config.schedule.warmup_steps = 1

@@ -12,7 +12,8 @@ import pytest
 
 from trainlab.data import arithmetic
 from experiments import rl
-from trainlab.training import grpo
+from trainlab.algorithms import grpo
+from trainlab.training import grpo as grpo_training
 
 
 def _np_advantages(rewards, groups, valid, eps=1e-6):
@@ -64,7 +65,7 @@ def test_clipped_loss_matches_numpy():
 def test_answer_mask_stops_after_first_eos():
   e, d = arithmetic.EOS, 3
   answers = jnp.array([[d, e, d, e], [e, d, d, d], [d, d, d, d]])
-  np.testing.assert_array_equal(np.asarray(grpo.answer_mask(answers)),
+  np.testing.assert_array_equal(np.asarray(grpo.answer_mask(answers, arithmetic.EOS)),
                                 [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
 
 
@@ -86,21 +87,25 @@ def test_knapsack_allocation_respects_total_and_buffer(seed):
   config = rl.get_config("size=test,allocation=knapsack")
   rng = np.random.default_rng(seed)
   rates = rng.choice([0.0, 1.0, 0.1, 0.5, 0.9, np.nan], size=32)
+  config.rl.prompts_per_step = 32
+  config.task.pool_size = 32
   budget = 32 * config.rl.rollouts_per_prompt
-  counts = grpo.allocate("knapsack", rates, budget, config.rl)
+  trainer = grpo_training.GRPOTrainer(config)
+  counts = trainer.allocate(rates)
   assert counts.sum() <= budget and counts.min() >= config.rl.min_rollouts
   assert np.all(counts[np.isnan(rates)] == config.rl.rollouts_per_prompt)
   assert np.all(counts[(rates == 0.0) | (rates == 1.0)] <= config.rl.max_rollouts)
   group, valid = grpo.rollout_buffer(counts, budget)
   np.testing.assert_array_equal(np.bincount(group[valid], minlength=32), counts)
   assert valid.sum() == counts.sum()
-  uniform = grpo.allocate("uniform", rates, budget, config.rl)
+  config.allocation = "uniform"
+  uniform = grpo_training.GRPOTrainer(config).allocate(rates)
   assert uniform.sum() == budget
 
 
 def test_one_compile_serves_every_allocation():
   config = rl.get_config("size=test,allocation=knapsack")
-  trainer = grpo.GRPOTrainer(config)
+  trainer = grpo_training.GRPOTrainer(config)
   state = trainer.init_state()
   pool = np.arange(config.rl.prompts_per_step)
   rng = np.random.default_rng(0)
@@ -133,7 +138,7 @@ def test_end_to_end_run_writes_metrics_and_is_deterministic(run_module, tmp_path
         config.rl.prompts_per_step
   assert "heldout_pass_rate" in records[0] and "heldout_pass_rate" in records[-1]
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-  again = grpo.train(config, tmp_path / "again", progress=False)
+  again = grpo_training.train(config, tmp_path / "again", progress=False)
   assert again["params_sha256"] == summary["params_sha256"]
 
 

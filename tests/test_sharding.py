@@ -13,6 +13,8 @@ import jax
 import numpy as np
 
 from experiments import lm
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 from trainlab.training import checkpoint, loop
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -25,13 +27,15 @@ EIGHT_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     from experiments import lm
     from trainlab.training import checkpoint, loop
+    from trainlab.training.run import build_run
+    from trainlab.training.trainer import Trainer
     workdir, steps = sys.argv[1], int(sys.argv[2])
     assert jax.device_count() == 8
     config = lm.get_config("size=test")
     config.total_steps, config.log.every_steps, config.eval.every_steps = steps, 1, 0
     config.mesh.data, config.mesh.fsdp = 2, 4
     loop.train(config, workdir, progress=False)
-    trainer = loop.Trainer(config)
+    trainer = Trainer(build_run(config))
     spec = trainer.state_sharding.params["embed"]["embedding"].spec
     written = checkpoint.Checkpoints(workdir, read_only=True).restore(steps, trainer.abstract_state)
     flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in
@@ -40,7 +44,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     counts = {}
     for n, fsdp in ((4, 4), (2, 2)):
       config.mesh.data, config.mesh.fsdp = -1, fsdp
-      small = loop.Trainer(config, devices=jax.devices()[:n])
+      small = Trainer(build_run(config, jax.devices()[:n]))
       state = checkpoint.Checkpoints(workdir, read_only=True).restore(steps, small.abstract_state)
       leaves = jax.tree_util.tree_flatten_with_path(state)[0]
       for p, x in leaves:
@@ -76,7 +80,7 @@ def test_eight_devices_match_one_and_restore_onto_fewer(tmp_path):
 
   saved = np.load(workdir / "state.npz")
   state = checkpoint.Checkpoints(workdir, read_only=True).restore(
-      STEPS, loop.Trainer(config).abstract_state)
+      STEPS, Trainer(build_run(config)).abstract_state)
   leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
   assert len(leaves) == len(saved.files)
   for path, leaf in leaves:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import json
 
 import jax
@@ -12,7 +14,9 @@ import pytest
 from trainlab.algorithms import sophia
 from trainlab.errors import UsageError
 from experiments import lm
-from trainlab.training import config as config_lib
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
+from trainlab.training import sophia_support
 from trainlab.training import loop
 
 INTERVAL = 3
@@ -53,7 +57,7 @@ def test_hessian_refreshes_exactly_after_steps_k_minus_1_2k_minus_1_with_one_tra
   original = sophia.gnb_hessian_grads
   monkeypatch.setattr(sophia, "gnb_hessian_grads",
                       lambda *a, **k: traces.append(1) or original(*a, **k))
-  trainer = loop.Trainer(_sophia_config(steps=8))
+  trainer = Trainer(build_run(_sophia_config(steps=8)))
   state = trainer.init_state()
   changed = []
   for step in range(8):
@@ -65,7 +69,7 @@ def test_hessian_refreshes_exactly_after_steps_k_minus_1_2k_minus_1_with_one_tra
     assert np.isfinite(float(metrics["train_loss"])) and 0 <= float(metrics["win_rate"]) <= 1
   assert changed == [step % INTERVAL == INTERVAL - 1 for step in range(8)]
   assert len(traces) == 1  # both cond branches come from one trace of the step
-  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert trainer.train_step._cache_size() == 1
 
 
 @pytest.mark.slow  # ~35 s; the 8-device state-sharding check in test_sophia.py stays in CI
@@ -91,12 +95,12 @@ def test_eight_devices_give_the_first_losses_of_one_device(run_module, tmp_path)
 
 def test_sophia_batch_size_is_derived_or_checked():
   config = _sophia_config(steps=2)
-  config_lib.validate(config, num_devices=1)  # batch_size=0: derived, 8 sequences x 32 tokens
+  build_run(config)  # batch_size=0: derived, 8 sequences x 32 tokens
   config.optimizer.batch_size = 8 * 32
-  config_lib.validate(config, num_devices=1)
+  build_run(config)
   config.optimizer.batch_size = 8
   with pytest.raises(UsageError, match="optimizer.batch_size=8 must be the 256 tokens"):
-    config_lib.validate(config, num_devices=1)
+    build_run(config)
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -108,14 +112,15 @@ def test_bad_sophia_trainer_keys_are_usage_errors(key, value, message):
   config = _sophia_config(steps=2)
   config.optimizer[key] = value
   with pytest.raises(UsageError, match=message):
-    config_lib.validate(config, num_devices=1)
+    build_run(config)
 
 
 def test_hessian_clip_norm_is_rejected_for_other_optimizers():
   config = lm.get_config("size=test,opt=adamw")
   config.optimizer.hessian_clip_norm = 1.0
-  with pytest.raises(UsageError, match="hessian_clip_norm is only used by sophia"):
-    config_lib.validate(config, num_devices=1)
+  with pytest.raises(UsageError, match="optimizer.hessian_clip_norm is not an argument of "
+                     "optimizer 'adamw'"):
+    build_run(config)
 
 
 def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
@@ -132,27 +137,27 @@ def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
 def test_hessian_batch_size_estimates_on_fewer_rows_with_one_compile():
   config = _sophia_config(steps=2 * INTERVAL)
   config.optimizer.hessian_batch_size = config.batch_size // 2
-  trainer = loop.Trainer(config)
+  trainer = Trainer(build_run(config))
   state = trainer.init_state()
   for step in range(2 * INTERVAL):
     batch = trainer.step_batch(step)
     assert batch["hessian"]["inputs"].shape[0] == config.batch_size // 2
     state, metrics = trainer.train_step(state, batch)
   assert float(metrics["hessian_norm"]) > 0
-  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert trainer.train_step._cache_size() == 1
   # rho * batch_size * h estimates the Gauss-Newton diagonal: batch_size counts the estimate's
   # tokens, not the training batch's.
-  hyperparams = optax.tree_utils.tree_get(state.opt_state, "hyperparams")
-  assert int(hyperparams["batch_size"]) == config.batch_size // 2 * config.data.seq_len
+  assert trainer.run.support.tokens == config.batch_size // 2 * config.data.seq_len
 
 
 @pytest.mark.parametrize("value,num_devices,message", [
     (-2, 1, "hessian_batch_size=-2 must be an integer"),
     (10**6, 1, "hessian_batch_size=1000000 must be an integer"),
-    (3, 2, "hessian_batch_size=3 is not divisible by the 2 devices"),
+    (3, 2, "hessian_batch_size=3 is not divisible by the 2 batch shards"),
 ])
 def test_bad_hessian_batch_size_is_a_usage_error(value, num_devices, message):
   config = _sophia_config(steps=2)
   config.optimizer.hessian_batch_size = value
+  mesh = types.SimpleNamespace(shape={"data": num_devices, "fsdp": 1, "tensor": 1})
   with pytest.raises(UsageError, match=message):
-    config_lib.validate(config, num_devices=num_devices)
+    sophia_support.SophiaSupport(config, mesh)

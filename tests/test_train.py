@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import jax
@@ -10,8 +12,9 @@ import numpy as np
 import optax
 
 from experiments import lm
+from trainlab.training.run import build_run
+from trainlab.training.trainer import Trainer
 from trainlab.training import loop
-from trainlab.training.step import make_train_step
 
 STEPS = "--config.total_steps=12"
 
@@ -55,7 +58,7 @@ def test_different_seed_gives_different_parameters(tmp_path):
 
 
 def test_loss_goes_down_on_the_image_task(tmp_path):
-  from experiments import image  # pylint: disable=import-outside-toplevel
+  from experiments import image
   config = image.get_config("data=digits,epochs=2")
   summary = loop.train(config, tmp_path, progress=False)
   assert summary["final_eval_loss"] < 0.7 * summary["baseline_loss"]
@@ -64,12 +67,12 @@ def test_loss_goes_down_on_the_image_task(tmp_path):
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
   config = lm.get_config("size=test")
-  trainer = loop.Trainer(config)
+  trainer = Trainer(build_run(config))
   state = trainer.init_state()
-  batch = trainer.device_batch(trainer.dataset.train_batch(0))
+  batch = trainer.step_batch(0)
   poisoned = {**batch, "weights": batch["weights"].at[0, 0].set(jnp.nan)}
   before = jax.device_get(state.params)
-  step = jax.jit(make_train_step(trainer.model.apply, trainer.tx))
+  step = trainer.train_step
   state, metrics = step(state, poisoned)
   assert int(metrics["nonfinite_in_a_row"]) == 1 and int(state.step) == 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state.params))
@@ -79,21 +82,19 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
   assert optax.global_norm(jax.tree.map(jnp.subtract, state.params, before)) > 0
 
 
-def test_divergence_stops_with_a_clear_error(tmp_path, monkeypatch):
+def test_divergence_stops_with_a_clear_error(tmp_path):
   config = lm.get_config("size=test")
   config.max_nonfinite_steps = 2
-  original = loop.build_dataset
+  run = build_run(config)
 
-  def poisoned_dataset(cfg):
-    dataset = original(cfg)
-    def train_batch(step):
-      batch = dataset.train_batch(step)
-      return {**batch, "weights": np.full_like(batch["weights"], np.nan)}
-    return dataset.__class__(**{**dataset.__dict__, "train_batch": train_batch})
+  def train_batch(step):
+    batch = run.dataset.train_batch(step)
+    return {**batch, "weights": np.full_like(batch["weights"], np.nan)}
 
-  monkeypatch.setattr(loop, "build_dataset", poisoned_dataset)
+  poisoned = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset,
+                                                                   train_batch=train_batch))
   try:
-    loop.train(config, tmp_path, progress=False)
+    loop.train_run(poisoned, tmp_path, progress=False)
   except loop.DivergedError as e:
     assert "2 non-finite steps in a row" in str(e)
   else:
