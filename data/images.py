@@ -89,7 +89,7 @@ def load_fashion_mnist(path: str = "") -> ImageDataset:
 @functools.lru_cache(maxsize=None)
 def load_digits(split_seed: int = 0, test_fraction: float = 0.2) -> ImageDataset:
   """scikit-learn's 1,797 8x8 handwritten digits, split by a permutation fixed by seed."""
-  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+  from sklearn import datasets
   digits = datasets.load_digits()
   images = (digits.images.astype(np.float32) / 16.0)[..., None]
   labels = digits.target.astype(np.int32)

@@ -32,7 +32,7 @@ def _stdlib_documents() -> dict[str, bytes]:
 
 
 def _pydoc_documents() -> dict[str, bytes]:
-  from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+  from pydoc_data import topics
   return {name: text.encode("utf-8") for name, text in sorted(topics.topics.items())}
 
 
