@@ -41,7 +41,8 @@ def clipped_token_loss(logp_RxA: jax.Array, old_logp_RxA: jax.Array, advantages_
   per_token_RxA = -jnp.minimum(ratio_RxA * adv_Rx1, clipped_RxA)
   num_tokens = jnp.maximum(mask_RxA.sum(), 1.0)
   is_clipped_RxA = (ratio_RxA * adv_Rx1 > clipped_RxA).astype(jnp.float32)
-  return (per_token_RxA * mask_RxA).sum() / num_tokens, (is_clipped_RxA * mask_RxA).sum() / num_tokens
+  return ((per_token_RxA * mask_RxA).sum() / num_tokens,
+          (is_clipped_RxA * mask_RxA).sum() / num_tokens)
 
 
 def answer_mask(answers_RxA: jax.Array, eos: int) -> jax.Array:

@@ -74,7 +74,8 @@ def main() -> None:
   print("|---:|---:|---|---|---:|---:|---:|---:|")
   for num_prompts, budget, kind, method, seconds, anchor, value, top in rows:
     ratio = f"{anchor / seconds:.0f}x" if anchor else "dp not run (same DP size)"
-    print(f"| {num_prompts:,} | {budget:,} | {kind} | {method} | {seconds * 1e3:.2f} ms | {ratio} | "
+    print(f"| {num_prompts:,} | {budget:,} | {kind} | {method} | {seconds * 1e3:.2f} ms | "
+          f"{ratio} | "
           f"{value:.6f} | {top} |")
   for num_prompts, budget in ((100_000, 800_000),):
     print(f"| {num_prompts:,} | {budget:,} | any | official | not run | DP of ~6e12 cell updates, "

@@ -101,7 +101,7 @@ def load_digits(split_seed: int = 0, test_fraction: float = 0.2) -> ImageDataset
 
 def epoch_batch(images: np.ndarray, labels: np.ndarray, seed: int, step: int,
                 batch_size: int) -> dict[str, np.ndarray]:
-  """The batch of `step`: a slice of the permutation of its epoch (examples never repeat within one)."""
+  """The batch of `step`: a slice of its epoch's permutation (no example repeats in an epoch)."""
   n = len(labels)
   if batch_size > n:
     raise UsageError(f"batch_size={batch_size} exceeds the {n} training examples; lower it")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import pathlib
-import sys
 
 import reproductions
 from launch import cli

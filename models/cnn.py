@@ -24,5 +24,6 @@ class CNN(nn.Module):
     x_BxF = x.reshape(x.shape[0], -1)
     return nn.Dense(
         self.num_classes, name="classifier",
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "classes")),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                 ("embed", "classes")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)))(x_BxF)

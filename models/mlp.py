@@ -18,9 +18,11 @@ class MLP(nn.Module):
     for i, width in enumerate(self.hidden_sizes):
       x_BxF = nn.relu(nn.Dense(
           width, name=f"hidden_{i}",
-          kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
+          kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                   ("embed", "mlp")),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x_BxF))
     return nn.Dense(
         self.num_classes, name="classifier",
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "classes")),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                 ("mlp", "classes")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)))(x_BxF)

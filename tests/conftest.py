@@ -30,3 +30,10 @@ def run_module(module: str, *args: str, env: dict[str, str] | None = None,
 @pytest.fixture(name="run_module")
 def run_module_fixture():
   return run_module
+
+
+@pytest.fixture(name="tiny_config")
+def tiny_config_fixture():
+  """The test-size GPT config (1 layer, d=32, 30 steps); each test gets its own copy."""
+  from experiments import lm
+  return lm.get_config("size=test")

@@ -62,7 +62,8 @@ def test_loss_matrix_file(stream):
   for row in record["tasks"]:  # 10 updates of a byte model: below uniform (ln 256), finite
     assert all(0 < v < np.log(256) for v in row["losses"].values())
   md = (workdir / "loss_matrix.md").read_text()
-  assert "| 1 (pydoc-english) |" in md and f"{record['tasks'][1]['losses']['stdlib-code']:.4f}" in md
+  assert "| 1 (pydoc-english) |" in md
+  assert f"{record['tasks'][1]['losses']['stdlib-code']:.4f}" in md
   # Task 1 continues the step counter from task 0's pre-anneal step and anneals again.
   t0, t1 = record["tasks"]
   assert (t0["end_step"], t0["pre_anneal_step"]) == (STEPS, STEPS - 2)
@@ -148,12 +149,3 @@ def test_replay_batches_are_pure_and_mix_earlier_domains():
     earlier = make_dataset(name, seed=0, batch_size=1, seq_len=32)
     np.testing.assert_array_equal(batch["inputs"][row], earlier.train_batch(7)["inputs"][0])
   assert not np.array_equal(a.train_batch(8)["inputs"], batch["inputs"])
-
-
-def test_quick_reproduction_writes_report_and_plots(run_module, tmp_path):
-  result = run_module("launch.reproduce", "infinite_lr", "--quick", "--out", str(tmp_path))
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = (tmp_path / "infinite_lr.md").read_text()
-  assert "## Verdicts" in report and "| repeated cosine |" in report and "Scale gap" in report
-  for name in ("stream", "same_data"):
-    assert (tmp_path / f"infinite_lr_{name}.png").stat().st_size > 1000

@@ -87,7 +87,8 @@ def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path):
                     reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
 def test_real_fashion_mnist_files():
   ds = images.load_fashion_mnist()
-  assert ds.train_images.shape == (60_000, 28, 28, 1) and ds.test_images.shape == (10_000, 28, 28, 1)
+  assert ds.train_images.shape == (60_000, 28, 28, 1)
+  assert ds.test_images.shape == (10_000, 28, 28, 1)
   assert set(np.unique(ds.train_labels)) == set(range(10))
   assert 0.0 <= ds.train_images.min() and ds.train_images.max() <= 1.0
 

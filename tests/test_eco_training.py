@@ -139,13 +139,6 @@ def test_bad_eco_keys_are_usage_errors(key, value, opt):
     build_run(config)
 
 
-def test_reproduction_quick_writes_report_and_plot(run_module, tmp_path):
-  result = run_module("launch.reproduce", "eco", "--quick", "--out", str(tmp_path))
-  assert result.returncode == 0, result.stderr[-2000:]
-  report = (tmp_path / "eco.md").read_text()
-  assert "| eco-sr fp8 | 9.15 |" in report and "## Verdict" in report
-  assert (tmp_path / "eco_pareto.png").stat().st_size > 1000
-
 
 def test_eco_run_resumes_from_its_own_checkpoint_like_an_uninterrupted_run(tmp_path):
   import shutil

@@ -149,11 +149,3 @@ def test_bad_config_is_one_line_exit_2(run_module, tmp_path, override):
                       "--workdir", str(tmp_path))
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
-
-
-def test_reproduction_quick_writes_report(run_module, tmp_path):
-  result = run_module("launch.reproduce", "knapsack_rl", "--quick", "--out", str(tmp_path))
-  assert result.returncode == 0, result.stderr[-2000:]
-  report = (tmp_path / "knapsack_rl.md").read_text()
-  assert "| knapsack |" in report and "Verdict" in report
-  assert (tmp_path / "knapsack_rl_curves.png").stat().st_size > 1000

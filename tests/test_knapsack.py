@@ -58,8 +58,8 @@ def _check_common(out, p, valid, lo, hi, default, budget):
 
 def test_rollout_value_hand_values():
   np.testing.assert_allclose(knapsack.rollout_value(2, 0.5), 0.0625, rtol=1e-15)
-  np.testing.assert_allclose(knapsack.rollout_value(3, 0.25), (1 - 1 / 64 - 27 / 64) * 0.25 * 9 / 16,
-                             rtol=1e-15)
+  np.testing.assert_allclose(knapsack.rollout_value(3, 0.25),
+                             (1 - 1 / 64 - 27 / 64) * 0.25 * 9 / 16, rtol=1e-15)
   assert knapsack.rollout_value(1, 0.3) == pytest.approx(0.0, abs=1e-17)
   np.testing.assert_array_equal(knapsack.rollout_value([4, 8], [0.0, 1.0]), [0.0, 0.0])
   n = np.arange(1, 10)[:, None]

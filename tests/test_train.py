@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import lm
 from trainlab.training.run import build_run
 from trainlab.training.trainer import Trainer
 from trainlab.training import loop
@@ -48,8 +47,8 @@ def test_train_cli_writes_its_files_and_is_bitwise_reproducible(run_module, tmp_
   assert hashes[0] == hashes[1]
 
 
-def test_different_seed_gives_different_parameters(tmp_path):
-  config = lm.get_config("size=test")
+def test_different_seed_gives_different_parameters(tmp_path, tiny_config):
+  config = tiny_config
   config.total_steps = 5
   a = loop.train(config, tmp_path / "a", progress=False)
   config.seed = 1
@@ -65,8 +64,8 @@ def test_loss_goes_down_on_the_image_task(tmp_path):
   assert summary["final_eval_accuracy"] > 0.7
 
 
-def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
-  config = lm.get_config("size=test")
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_config):
+  config = tiny_config
   trainer = Trainer(build_run(config))
   state = trainer.init_state()
   batch = trainer.step_batch(0)
@@ -82,8 +81,8 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
   assert optax.global_norm(jax.tree.map(jnp.subtract, state.params, before)) > 0
 
 
-def test_divergence_stops_with_a_clear_error(tmp_path):
-  config = lm.get_config("size=test")
+def test_divergence_stops_with_a_clear_error(tmp_path, tiny_config):
+  config = tiny_config
   config.max_nonfinite_steps = 2
   run = build_run(config)
 

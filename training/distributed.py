@@ -1,4 +1,4 @@
-"""Multi-controller start-up: `jax.distributed.initialize` when, and only when, the environment asks.
+"""Multi-controller start-up: `jax.distributed.initialize` when, and only when, asked.
 
 One Python process per host (TPU) or per GPU (SLURM); every process runs the same program
 and JAX's coordination service joins them. `maybe_initialize()` picks the first that applies:

@@ -256,7 +256,8 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True,
       for key in sums:
         sums[key] += record[key]
       done = step + 1
-      if config.eval.every_steps and done % config.eval.every_steps == 0 or done == config.total_steps:
+      is_last = done == config.total_steps
+      if config.eval.every_steps and done % config.eval.every_steps == 0 or is_last:
         pass_rate = trainer.heldout_pass_rate(state.params)
         record["heldout_pass_rate"] = pass_rate
       writer.write(done, record)

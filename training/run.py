@@ -164,11 +164,12 @@ def _model(config: Any, dataset: Dataset, seed: int) -> tuple[nn.Module, Any]:
     if context < dataset.input_shape[0]:
       raise UsageError(f"model.context_len={context} is shorter than data.seq_len="
                        f"{dataset.input_shape[0]}; raise model.context_len or lower data.seq_len")
-  model = _building(f"model {name!r}", "model", lambda: model_class(**kwargs, **{derived: dataset.num_classes}))
+  model = _building(f"model {name!r}", "model",
+                    lambda: model_class(**kwargs, **{derived: dataset.num_classes}))
   dtype = jnp.int32 if dataset.kind == "lm" else jnp.float32
   example = jax.ShapeDtypeStruct((1, *dataset.input_shape), dtype)
-  variables = _building(f"model {name!r}", "model", lambda: jax.eval_shape(model.init, jax.random.PRNGKey(seed),
-                                                        example))
+  variables = _building(f"model {name!r}", "model", lambda: jax.eval_shape(
+      model.init, jax.random.PRNGKey(seed), example))
   return model, variables
 
 
@@ -180,7 +181,8 @@ def schedule_from_config(config: Any, total_steps: int, learning_rate: float) ->
   kwargs = {k: v for k, v in config.schedule.items() if k != "name"}
   builder = schedules.SCHEDULES[name]
   optimizers.check_arguments("schedule", name, builder, set(kwargs))
-  return _building(f"schedule {name!r}", "schedule", lambda: builder(learning_rate, total_steps, **kwargs))
+  return _building(f"schedule {name!r}", "schedule",
+                   lambda: builder(learning_rate, total_steps, **kwargs))
 
 
 def update_rule_from_config(config: Any, schedule: optax.Schedule,
@@ -225,6 +227,6 @@ def build_run(config: Any, devices: list[jax.Device] | None = None) -> Run:
   model, variables = _model(config, dataset, seed)
   schedule = schedule_from_config(config, total_steps, learning_rate)
   tx, support = update_rule_from_config(config, schedule, mesh)
-  return Run(config=config, seed=seed, batch_size=batch_size, dataset=dataset, model=model, variables=variables,
-             schedule=schedule, tx=tx, support=support, mesh=mesh,
+  return Run(config=config, seed=seed, batch_size=batch_size, dataset=dataset, model=model,
+             variables=variables, schedule=schedule, tx=tx, support=support, mesh=mesh,
              accumulation_steps=accumulation, loop=loop, checkpoint=checkpoint)

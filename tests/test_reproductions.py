@@ -1,0 +1,29 @@
+"""Every reproduction's `--quick` smoke version runs end to end and writes its page and plots."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import reproductions
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", reproductions.available())
+def test_quick_reproduction_writes_its_page_and_plots(name, run_module, tmp_path):
+  result = run_module("launch.reproduce", name, "--quick", "--out", str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = (tmp_path / f"{name}.md").read_text()
+  assert "Verdict" in report and "QUICK" in report
+  plots = re.findall(r"\]\(\./([^)]+\.png)\)", report)
+  assert plots, "the page links no plot"
+  for plot in plots:
+    assert (tmp_path / plot).read_bytes()[:8] == PNG, plot
+
+
+def test_unknown_reproduction_is_a_usage_error(run_module):
+  result = run_module("launch.reproduce", "nope")
+  assert result.returncode == 2 and "baselines" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
