@@ -60,7 +60,8 @@ class Run:
   tx: optax.GradientTransformation  # guard(chain(clip, optimizer(schedule)))
   support: TrainerSupport
   mesh: Mesh
-  accumulation_steps: int
+  accumulation_steps: int  # microbatches per step, gradients summed (optimizer.accumulation_steps)
+  loss_chunk: int  # positions per chunk of the training loss (loss.chunk_size; 0: whole)
   loop: LoopSettings
   checkpoint: CheckpointSettings
 
@@ -225,8 +226,13 @@ def build_run(config: Any, devices: list[jax.Device] | None = None) -> Run:
   learning_rate = positive_number("optimizer.learning_rate", config.optimizer.learning_rate)
   dataset = _dataset(config, batch_size, seed)
   model, variables = _model(config, dataset, seed)
+  loss_chunk = integer(config, "loss.chunk_size", 0, 0)
+  if loss_chunk and not hasattr(model, "unembedding_DxV"):
+    raise UsageError(f"loss.chunk_size={loss_chunk} needs a language model (gpt, llama); set "
+                     "it to 0")
   schedule = schedule_from_config(config, total_steps, learning_rate)
   tx, support = update_rule_from_config(config, schedule, mesh)
   return Run(config=config, seed=seed, batch_size=batch_size, dataset=dataset, model=model,
              variables=variables, schedule=schedule, tx=tx, support=support, mesh=mesh,
-             accumulation_steps=accumulation, loop=loop, checkpoint=checkpoint)
+             accumulation_steps=accumulation, loss_chunk=loss_chunk, loop=loop,
+             checkpoint=checkpoint)

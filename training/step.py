@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from trainlab.training import losses
 from trainlab.training.state import TrainState
 from trainlab.training.support import ModelFns, TrainerSupport
 
@@ -15,24 +16,24 @@ Batch = dict[str, jax.Array]
 BATCH_KEYS = ("inputs", "targets", "weights")
 
 
-def weighted_cross_entropy(logits_BxV: jax.Array, targets_B: jax.Array,
-                           weights_B: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean cross-entropy over entries with weight 1 (any leading shape), and that weight sum."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxV.astype(jnp.float32), targets_B)
-  total_weight = jnp.sum(weights_B)
-  return jnp.sum(losses * weights_B) / jnp.maximum(total_weight, 1.0), total_weight
+def model_fns(model: Any, loss_chunk: int = 0) -> ModelFns:
+  """Logits and the mean float32 training loss of the params the forward pass runs on.
 
-
-def model_fns(apply_fn: Callable[..., jax.Array]) -> ModelFns:
-  """Logits and the mean training loss of the params the forward pass runs on."""
+  With `loss_chunk > 0` (language models) the loss is `losses.chunked_cross_entropy` over the
+  final hidden states, so the whole batch's [B, L, V] logits never exist at once.
+  """
 
   def logits(params, inputs, rng):
-    return apply_fn({"params": params}, inputs, rngs={"dropout": rng})
+    return model.apply({"params": params}, inputs, rngs={"dropout": rng})
 
   def loss(params, batch, rng):
-    return weighted_cross_entropy(logits(params, batch["inputs"], rng), batch["targets"],
-                                  batch["weights"])[0]
+    if loss_chunk:
+      hidden_BxLxD = model.apply({"params": params}, batch["inputs"], return_hidden=True,
+                                 rngs={"dropout": rng})
+      return losses.chunked_cross_entropy(hidden_BxLxD, model.unembedding_DxV(params),
+                                          batch["targets"], batch["weights"], loss_chunk)[0]
+    return losses.cross_entropy(logits(params, batch["inputs"], rng), batch["targets"],
+                                batch["weights"])[0]
 
   return ModelFns(logits, loss)
 
@@ -60,9 +61,9 @@ def _loss_and_grads(loss_fn, params: Any, batch: Batch, rng: jax.Array, accumula
   return loss, grads
 
 
-def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransformation,
-                    support: TrainerSupport, schedule: optax.Schedule,
-                    accumulation_steps: int = 1) -> Callable[[TrainState, Batch], Any]:
+def make_train_step(model: Any, tx: optax.GradientTransformation, support: TrainerSupport,
+                    schedule: optax.Schedule, accumulation_steps: int = 1,
+                    loss_chunk: int = 0) -> Callable[[TrainState, Batch], Any]:
   """`train_step(state, batch) -> (state, metrics)`; metrics are device scalars.
 
   `batch` holds `inputs`, `targets`, `weights` and whatever `support.step_inputs` adds. The
@@ -70,7 +71,7 @@ def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransf
   sees. `lr` is the learning rate of this update: the schedule at the number of updates applied
   so far (skipped non-finite steps do not count, as in the optimizer's own step counter).
   """
-  fns = model_fns(apply_fn)
+  fns = model_fns(model, loss_chunk)
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -95,8 +96,7 @@ def make_train_step(apply_fn: Callable[..., jax.Array], tx: optax.GradientTransf
   return train_step
 
 
-def make_eval_step(apply_fn: Callable[..., jax.Array], support: TrainerSupport,
-                   ) -> Callable[[Any, Batch], Any]:
+def make_eval_step(model: Any, support: TrainerSupport) -> Callable[[Any, Batch], Any]:
   """`eval_step(params, batch) -> (loss_sum, correct_sum, weight_sum, example_losses)`.
 
   Sums allow exact averaging over eval batches; `example_losses` (one mean loss per example,
@@ -104,7 +104,7 @@ def make_eval_step(apply_fn: Callable[..., jax.Array], support: TrainerSupport,
   """
 
   def eval_step(params, batch: Batch):
-    logits = apply_fn({"params": support.compute_params(params)}, batch["inputs"])
+    logits = model.apply({"params": support.compute_params(params)}, batch["inputs"])
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                              batch["targets"])
     weights = batch["weights"]

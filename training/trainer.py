@@ -35,10 +35,11 @@ class Trainer:
         abstract, self.state_sharding)
     self.batch_sharding = sharding.batch_sharding(mesh)
     self.train_step = jax.jit(
-        make_train_step(run.model.apply, run.tx, support, run.schedule, run.accumulation_steps),
+        make_train_step(run.model, run.tx, support, run.schedule, run.accumulation_steps,
+                        run.loss_chunk),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(make_eval_step(run.model.apply, support),
+    self.eval_step = jax.jit(make_eval_step(run.model, support),
                              in_shardings=(params_sh, self.batch_sharding),
                              out_shardings=replicated)  # every process reads every output
 
