@@ -4,10 +4,12 @@
 - `pydoc-english`: the English prose of `pydoc_data.topics`, one document per topic;
 - `c-headers`: the interpreter's C headers (`.h` files under the include folder).
 
-Documents are split into train and validation by document, with a permutation fixed by
-`split_seed`. The training batch of step `s` is a pure function of `(seed, s)`: windows of
-`seq_len + 1` bytes at offsets drawn from `np.random.default_rng([seed, s])`, so a resumed run
-sees exactly the batches an uninterrupted one would, with no iterator state.
+Documents are split into train, validation and test by document, with a permutation fixed by
+`split_seed` (5% of the documents and at least 64 KiB each held out, alternately to
+validation and test). The training batch of step `s`
+is a pure function of `(seed, s)`: windows of `seq_len + 1` bytes at offsets drawn from
+`np.random.default_rng([seed, s])`, so a resumed run sees exactly the batches an uninterrupted
+one would, with no iterator state.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ CORPORA = {
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity; load_corpus caches it
 class ByteCorpus:
-  """A corpus as two flat byte arrays, documents joined by a blank line."""
+  """A corpus as three flat byte arrays (train, validation, test), documents joined by a blank
+  line."""
   name: str
   train_bytes: np.ndarray
   validation_bytes: np.ndarray
+  test_bytes: np.ndarray
 
   def unigram_entropy(self) -> float:
     """Cross-entropy (nats/byte) of validation bytes under train byte frequencies (+1 smoothed)."""
@@ -69,18 +73,29 @@ def _unigram_entropy(corpus: ByteCorpus) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def load_corpus(name: str, validation_fraction: float = 0.05, split_seed: int = 0) -> ByteCorpus:
-  """Loads corpus `name` and splits it by document."""
+def load_corpus(name: str, held_out_fraction: float = 0.05, split_seed: int = 0,
+                min_held_out_bytes: int = 1 << 16) -> ByteCorpus:
+  """Loads corpus `name` and splits it by document: documents taken in a permutation fixed by
+  `split_seed` are held out, alternately to validation and to test, until both hold at least
+  `held_out_fraction` of the documents and `min_held_out_bytes` (64 KiB: enough windows for an
+  eval whose standard error is small)."""
   if name not in CORPORA:
     raise UsageError(f"data.name={name!r} is not a text corpus; use one of {sorted(CORPORA)}")
   documents = CORPORA[name]()
-  if len(documents) < 2:
+  if len(documents) < 3:
     raise UsageError(f"corpus {name!r} has {len(documents)} documents on this machine; "
-                     "it needs at least 2 to split")
+                     "it needs at least 3 to split")
   names = sorted(documents)
   order = np.random.default_rng(split_seed).permutation(len(names))
-  num_validation = max(1, round(validation_fraction * len(names)))
-  validation_names = {names[i] for i in order[:num_validation]}
+  held_docs = max(2, round(held_out_fraction * len(names)))
+  splits: tuple[list[str], list[str]] = ([], [])
+  sizes = [0, 0]
+  for position, index in enumerate(order[:-1]):  # at least one training document stays
+    if position >= held_docs and min(sizes) >= min_held_out_bytes:
+      break
+    splits[position % 2].append(names[index])
+    sizes[position % 2] += len(documents[names[index]])
+  validation_names, test_names = set(splits[0]), set(splits[1])
 
   def join(selected: list[str]) -> np.ndarray:
     blob = _DOC_SEPARATOR.join(documents[n] for n in selected)
@@ -88,8 +103,9 @@ def load_corpus(name: str, validation_fraction: float = 0.05, split_seed: int = 
 
   return ByteCorpus(
       name=name,
-      train_bytes=join([n for n in names if n not in validation_names]),
+      train_bytes=join([n for n in names if n not in validation_names | test_names]),
       validation_bytes=join([n for n in names if n in validation_names]),
+      test_bytes=join([n for n in names if n in test_names]),
   )
 
 

@@ -21,7 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   batch_size = 128 if args.data == "fashion-mnist" else 32
   config = common.base_config(total_steps=args.epochs * (TRAIN_EXAMPLES[args.data] // batch_size))
   config.batch_size = batch_size
-  config.data = ml_collections.ConfigDict(dict(name=args.data, path="", split_seed=0))
+  # holdout > 0: that many training examples become the validation set (eval_loss); the
+  # test split is then reported only at the end (test_loss).
+  config.data = ml_collections.ConfigDict(dict(name=args.data, path="", split_seed=0, holdout=0))
   if args.model == "mlp":
     config.model = ml_collections.ConfigDict(dict(name="mlp", hidden_sizes=(256, 256)))
   else:

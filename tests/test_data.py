@@ -37,10 +37,13 @@ def test_eval_batches_do_not_depend_on_the_run_seed():
 def test_split_is_by_document_and_fixed_by_seed():
   documents = text.CORPORA["pydoc-english"]()
   corpus = text.load_corpus("pydoc-english", split_seed=0)
-  total = sum(len(d) for d in documents.values()) + 2 * (len(documents) - 2)
-  assert len(corpus.train_bytes) + len(corpus.validation_bytes) == total
-  again = text.load_corpus("pydoc-english", validation_fraction=0.05, split_seed=0)
-  np.testing.assert_array_equal(corpus.validation_bytes, again.validation_bytes)
+  total = sum(len(d) for d in documents.values()) + 2 * (len(documents) - 3)
+  splits = (corpus.train_bytes, corpus.validation_bytes, corpus.test_bytes)
+  assert sum(len(s) for s in splits) == total  # every document in exactly one split
+  assert len(corpus.validation_bytes) >= 1 << 16 and len(corpus.test_bytes) >= 1 << 16
+  assert len(corpus.train_bytes) > total // 2
+  again = text.load_corpus("pydoc-english", held_out_fraction=0.05, split_seed=0)
+  np.testing.assert_array_equal(corpus.test_bytes, again.test_bytes)
   other = text.load_corpus("pydoc-english", split_seed=1)
   assert not np.array_equal(corpus.validation_bytes, other.validation_bytes)
 

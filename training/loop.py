@@ -59,7 +59,8 @@ def train_run(run: Run, workdir: str | pathlib.Path, *, progress: bool = True) -
 
   last_metrics: dict[str, float] = dict(resumed or {})
   done_at_start = start_step >= loop.total_steps
-  eval_metrics: dict[str, float] = trainer.evaluate(state.params) if done_at_start else {}
+  eval_metrics: dict[str, float] = (trainer.evaluate(state.params, test=True)
+                                    if done_at_start else {})
   eval_step_done = -1
   pending = None
   last_log_time, last_log_step = time.time(), start_step
@@ -92,7 +93,8 @@ def train_run(run: Run, workdir: str | pathlib.Path, *, progress: bool = True) -
         done = step + 1
         is_last = done == loop.total_steps
         if loop.eval_every and done % loop.eval_every == 0 or is_last:
-          eval_metrics, eval_step_done = trainer.evaluate(state.params), done
+          eval_metrics = trainer.evaluate(state.params, test=is_last)
+          eval_step_done = done
         if done % loop.log_every == 0 or is_last:
           finish_step(*pending)
           pending = None
@@ -120,7 +122,7 @@ def train_run(run: Run, workdir: str | pathlib.Path, *, progress: bool = True) -
       "wall_time_s": time.time() - start_time,
       "params_sha256": metrics_lib.params_sha256(state.params),
   }
-  if "eval_accuracy" in eval_metrics:
-    summary["final_eval_accuracy"] = eval_metrics["eval_accuracy"]
+  summary.update({f"final_{k}": v for k, v in eval_metrics.items()
+                  if k == "eval_accuracy" or k.startswith("test_")})
   rundir.write_json(workdir / "summary.json", summary)
   return summary

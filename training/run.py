@@ -132,8 +132,9 @@ def _dataset(config: Any, batch_size: int, seed: int) -> Dataset:
   kwargs = dict(seed=seed, batch_size=batch_size, seq_len=data.get("seq_len", 0),
                 eval_batches=integer(config, "eval.num_batches", 1, 4),
                 path=data.get("path", ""), split_seed=data.get("split_seed", 0))
-  if "vocab_size" in data:
-    kwargs["vocab_size"] = data.vocab_size
+  for key in ("vocab_size", "holdout"):
+    if key in data:
+      kwargs[key] = data[key]
   dataset = make_dataset(data.name, **kwargs)
   sources = [n for n in data.get("replay", "").split(",") if n]
   if sources:

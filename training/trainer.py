@@ -71,18 +71,25 @@ class Trainer:
     batch = self.device_batch(self.run.dataset.train_batch(step))
     return {**batch, **self.run.support.step_inputs(step, batch, self._draw)}
 
-  def evaluate(self, params: Any, dataset: Any = None) -> dict[str, float]:
-    """Loss (and accuracy for classifiers) on the fixed eval set of `dataset` (default: the
-    run's), with the standard error of the loss over eval examples."""
-    dataset = dataset or self.run.dataset
-    outputs = jax.device_get([self.eval_step(params, self.device_batch(b))
-                              for b in dataset.eval_batches()])
+  def _loss(self, params: Any, batches: list[dict[str, np.ndarray]], kind: str,
+            prefix: str) -> dict[str, float]:
+    outputs = jax.device_get([self.eval_step(params, self.device_batch(b)) for b in batches])
     loss_sum, correct, weight = (float(sum(o[i] for o in outputs)) for i in range(3))
     example_losses = np.concatenate([o[3] for o in outputs])
     example_losses = example_losses[np.isfinite(example_losses)]
-    result = {"eval_loss": loss_sum / weight,
-              "eval_loss_se": float(example_losses.std(ddof=1) / np.sqrt(len(example_losses)))
+    result = {f"{prefix}_loss": loss_sum / weight,
+              f"{prefix}_loss_se": float(example_losses.std(ddof=1) / np.sqrt(len(example_losses)))
               if len(example_losses) > 1 else float("nan")}
-    if dataset.kind == "image":
-      result["eval_accuracy"] = correct / weight
+    if kind == "image":
+      result[f"{prefix}_accuracy"] = correct / weight
+    return result
+
+  def evaluate(self, params: Any, dataset: Any = None, test: bool = False) -> dict[str, float]:
+    """Loss (and accuracy for classifiers) on the fixed validation set of `dataset` (default:
+    the run's), with the standard error of the loss over eval examples; with `test`, the same
+    on its test set (`test_loss`, ...), if it has one. Nothing is ever chosen on test numbers."""
+    dataset = dataset or self.run.dataset
+    result = self._loss(params, dataset.eval_batches(), dataset.kind, "eval")
+    if test and dataset.test_batches is not None:
+      result.update(self._loss(params, dataset.test_batches(), dataset.kind, "test"))
     return result
