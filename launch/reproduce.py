@@ -27,15 +27,24 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--out", type=pathlib.Path, default=None,
                       help="output folder (default: docs/results, or runs/reproduce-quick "
                       "with --quick)")
+  parser.add_argument("--workers", type=int, default=2,
+                      help="parallel single-threaded training processes (default 2)")
+  parser.add_argument("--plan", action="store_true",
+                      help="list the runs without a record and exit; trains nothing")
   args = parser.parse_args(argv[1:])
   if args.seeds is not None and args.seeds < 1:
     raise UsageError(f"--seeds={args.seeds} must be >= 1")
+  if args.workers < 0:
+    raise UsageError(f"--workers={args.workers} must be >= 0 (0: train in this process)")
   out = args.out or pathlib.Path("runs/reproduce-quick" if args.quick else "docs/results")
   ctx = reproductions.Context(name=args.name, out_dir=out, quick=args.quick, seeds=args.seeds,
-                              command="python -m launch.reproduce " + " ".join(argv[1:]))
+                              command=f"python -m launch.reproduce {args.name}"
+                              + (" --quick" if args.quick else ""), workers=args.workers,
+                              plan_only=args.plan)
   ctx.enable_compilation_cache()
   importlib.import_module(f"reproductions.{args.name}").run(ctx)
-  print(f"wrote {ctx.report_path}")
+  if not args.plan:
+    print(f"wrote {ctx.page_path}")
   return 0
 
 

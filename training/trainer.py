@@ -84,6 +84,23 @@ class Trainer:
       result[f"{prefix}_accuracy"] = correct / weight
     return result
 
+  def example_losses(self, params: Any, split: str = "eval", dataset: Any = None) -> np.ndarray:
+    """The mean loss of every eval example (window or image) of the validation (`eval`) or
+    test (`test`) set, in a fixed order: paired comparisons between runs use these. (Examples
+    of one dataset have equal weight, so their mean is the split's loss.)"""
+    dataset = dataset or self.run.dataset
+    batches = dataset.eval_batches() if split == "eval" else dataset.test_batches()
+    outputs = jax.device_get([self.eval_step(params, self.device_batch(b)) for b in batches])
+    losses = np.concatenate([o[3] for o in outputs])
+    return losses[np.isfinite(losses)]
+
+  def test_metrics(self, params: Any) -> dict[str, float]:
+    """`evaluate`'s test half alone: `test_loss`, `test_loss_se` (and `test_accuracy`)."""
+    dataset = self.run.dataset
+    if dataset.test_batches is None:
+      return {}
+    return self._loss(params, dataset.test_batches(), dataset.kind, "test")
+
   def evaluate(self, params: Any, dataset: Any = None, test: bool = False) -> dict[str, float]:
     """Loss (and accuracy for classifiers) on the fixed validation set of `dataset` (default:
     the run's), with the standard error of the loss over eval examples; with `test`, the same
