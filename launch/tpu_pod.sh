@@ -204,15 +204,19 @@ setup() {
   if (( dry_run )); then
     echo "# ships the committed code only (git archive HEAD): uncommitted changes are not shipped"
   else
-    note "shipping commit $(git -C "$REPO_ROOT" rev-parse --short HEAD) (git archive HEAD: committed files only)"
-    local changes
+    local head changes
+    head="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null)" \
+      || die "setup ships git archive HEAD, but $REPO_ROOT is not a git checkout with a commit"
+    note "shipping commit $head (git archive HEAD: committed files only)"
     changes="$(git -C "$REPO_ROOT" status --porcelain | wc -l)"
     if (( changes )); then
       note "warning: $changes uncommitted changes (see git status) will NOT be shipped; commit them to run them on the pod"
     fi
   fi
-  do_cmd git -C "$REPO_ROOT" archive --format=tar.gz -o "$tarball" HEAD
-  do_cmd "${gcloud_tpu[@]}" scp "$tarball" "$TPU_NAME:trainlab.tar.gz" "${where[@]}" --worker=all
+  # `|| return`: babysit calls setup in a `||` list, where `set -e` does not stop at a failure.
+  do_cmd git -C "$REPO_ROOT" archive --format=tar.gz -o "$tarball" HEAD || return
+  do_cmd "${gcloud_tpu[@]}" scp "$tarball" "$TPU_NAME:trainlab.tar.gz" "${where[@]}" --worker=all \
+    || return
   local remote="mkdir -p ~/$REMOTE_DIR && tar -xzf ~/trainlab.tar.gz -C ~/$REMOTE_DIR"
   remote+=" && { [ -x ~/venv/bin/python ] || python3 -m venv ~/venv; }"
   remote+=" && ~/venv/bin/pip install -q -e ~/$REMOTE_DIR 'jax[tpu]==$JAX_VERSION'"
@@ -286,7 +290,7 @@ babysit() {
       else
         if [[ "$failure" == "$last" ]]; then repeats=$(( repeats + 1 )); else repeats=1; fi
         last="$failure"
-        (( repeats < BABYSIT_MAX_SAME )) || die "babysit: $failure $repeats times in a row; giving up (the slice is left as it is)" "${failure##* }"
+        (( repeats < BABYSIT_MAX_SAME )) || die "babysit: $failure, $repeats times in a row; giving up (the slice is left as it is)" "${failure##* }"
         note "$failure; retrying ($repeats of $BABYSIT_MAX_SAME in a row)"
       fi
       failure=""

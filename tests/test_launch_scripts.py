@@ -346,6 +346,18 @@ def test_setup_ships_head_and_warns_about_uncommitted_changes(fakes):
   assert shipped["notes.txt"] == b"committed\n" and "new_module.py" not in shipped
 
 
+def test_setup_stops_at_the_first_failed_step(fakes):
+  fakes.reply("gcloud", 1, 0)
+  assert fakes.run("tpu_pod.sh", "setup").returncode == 1
+  assert [c[4] for c in fakes.calls()] == ["scp"]
+
+
+def test_setup_outside_a_git_checkout_is_a_usage_error(fakes):
+  shutil.rmtree(fakes.repo / ".git")
+  assert "not a git checkout" in _one_line_error(fakes.run("tpu_pod.sh", "setup"))
+  assert fakes.calls() == []
+
+
 def test_setup_of_a_clean_tree_does_not_warn(fakes):
   stderr = _setup(fakes).stderr
   assert "committed files only" in stderr and "warning" not in stderr
@@ -432,15 +444,15 @@ def test_babysit_gives_up_after_the_same_failure_in_a_row(fakes, codes, max_same
   else:
     line = result.stderr.splitlines()[-1]
     assert result.returncode == exit_code and "giving up" in line
-    assert f"exited with {exit_code} {runs} times in a row" in line
+    assert f"exited with {exit_code}, {runs} times in a row" in line
 
 
 def test_babysit_gives_up_after_the_same_setup_failure_in_a_row(fakes):
-  result = _babysit(fakes, "0 PREEMPTED", 0, 0, 0, 1,   # delete create scp ssh(setup fails)
-                    "0 READY", 0, 1,                    # scp ssh(setup fails again)
+  result = _babysit(fakes, "0 PREEMPTED", 0, 0, 1,      # delete create scp(fails: no ssh)
+                    "0 READY", 0, 1,                    # scp ssh(the install fails)
                     "0 READY", 1, 0, 0)
-  assert result.returncode == 1 and "setup exited with 1 2 times" in result.stderr
-  assert _verbs(fakes) == ["describe", "delete", "create", "scp", "ssh", "describe", "scp", "ssh",
+  assert result.returncode == 1 and "setup exited with 1, 2 times in a row" in result.stderr
+  assert _verbs(fakes) == ["describe", "delete", "create", "scp", "describe", "scp", "ssh",
                            "describe"]
 
 
