@@ -2,7 +2,9 @@
 
 A single process notes the signal itself; with several processes JAX's own preemption notifier
 (started by `jax.distributed.initialize`) catches SIGTERM and all processes agree on one step
-through `multihost_utils.reached_preemption_sync_point`.
+through `multihost_utils.reached_preemption_sync_point`. A signal noted too late for the loop to
+act on (during its last step or final save) is delivered again once the watch ends, to whatever
+handler was there before (the entry points' one-line stop), so it is never lost.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class Preempted(Exception):
   """SIGTERM or SIGINT arrived; the state at `step` was saved and the run stopped."""
 
   def __init__(self, step: int, signum: int):
-    super().__init__(f"stopped by signal {signum} after saving step {step}; rerun the same "
+    super().__init__(f"{signal.Signals(signum).name} after saving step {step}; rerun the same "
                      "command to continue")
     self.step, self.signum = step, signum
 
@@ -46,11 +48,13 @@ class PreemptionWatch:
     del frame
     self.signum = signum
 
-  def __exit__(self, *exc: Any) -> None:
+  def __exit__(self, exc_type: Any, *exc: Any) -> None:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+    if self._previous and self.signum is not None and exc_type is None:
+      signal.raise_signal(self.signum)  # noted after the last check: not lost
 
   def requested(self, step: int) -> bool:
     if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
-      self.signum = 15
+      self.signum = signal.SIGTERM
     return self.signum is not None
