@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -31,6 +32,7 @@ from trainlab.data import Dataset, make_dataset
 from trainlab.errors import UsageError
 from trainlab.training import checkpoint as checkpoint_lib
 from trainlab.training import loop, rundir
+from trainlab.training import workdir as workdir_lib
 from trainlab.training.run import build_run
 from trainlab.training.trainer import Trainer
 
@@ -163,10 +165,21 @@ def matrix_markdown(record: dict[str, Any]) -> str:
 
 def run_stream(config: Any, workdir: str | pathlib.Path, *,
                progress: bool = True) -> dict[str, Any]:
-  """Trains the stream in `workdir`, evaluating after every task; returns the loss matrix."""
+  """Trains the stream in `workdir`, evaluating after every task; returns the loss matrix.
+
+  Every task's config is built first (an unknown domain or a bad key fails before any task
+  trains, and before `workdir` is created); the stream folder is held locked throughout.
+  """
   workdir = pathlib.Path(workdir).resolve()  # Orbax needs absolute checkpoint paths
+  workdir_lib.check_usable(workdir)
   tasks = plan(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  runs = [build_run(task.config) for task in tasks]
+  with workdir_lib.hold(workdir):
+    return _run_stream(config, workdir, tasks, runs, progress)
+
+
+def _run_stream(config: Any, workdir: pathlib.Path, tasks: list[Task], runs: list[Any],
+                progress: bool) -> dict[str, Any]:
   stream_config = rundir.as_json(config)
   config_path = workdir / "stream_config.json"
   if config_path.exists() and json.loads(config_path.read_text()) != stream_config:
@@ -174,18 +187,23 @@ def run_stream(config: Any, workdir: str | pathlib.Path, *,
                      "or the config that wrote it")
   rundir.write_json(config_path, stream_config)
   names = [t.domain for t in tasks]
+  if progress and jax.process_index() == 0:
+    print(f"{workdir}: a stream of {len(tasks)} tasks ({', '.join(names)})", file=sys.stderr)
   matrix_path = workdir / "loss_matrix.json"
   record = json.loads(matrix_path.read_text()) if matrix_path.exists() else {}
   rows = {r["task"]: r for r in record.get("tasks", [])}
   record = {"domains": list(dict.fromkeys(names)), "tasks": []}
   evaluator = None
-  for task in tasks:
+  for task, run in zip(tasks, runs):
     trained = not _finished(task)
     if trained:
-      loop.train(task.config, task.run_dir, progress=progress)
+      loop.train_run(run, task.run_dir, progress=progress)
     if trained or task.index not in rows:
-      evaluator = evaluator or DomainEvaluator(tasks[0].config)
       seen = list(dict.fromkeys(names[:task.index + 1]))
+      if progress and jax.process_index() == 0:
+        print(f"task {task.index} ({task.domain}) is trained; evaluating its final model on "
+              f"{', '.join(seen)}", file=sys.stderr, flush=True)
+      evaluator = evaluator or DomainEvaluator(tasks[0].config)
       params = evaluator.params_at(task.run_dir, task.end_step)
       rows[task.index] = {
           "task": task.index, "domain": task.domain, "run_dir": task.run_dir.name,

@@ -1,13 +1,18 @@
-"""The training loop: build, (re)start, step, evaluate, log, checkpoint, summarize.
+"""The training loop: lock the run folder, (re)start, step, evaluate, log, checkpoint, summarize.
 
 Metrics of step `t` are fetched after step `t + 1` is dispatched, so the host never waits on
-the device inside the loop except at eval, at logged steps and at the end.
+the device inside the loop except after the first step (to time its compilation), at eval, at
+logged steps and at the end. A metrics line is written at every multiple of `log.every_steps`,
+at every eval step and at the last step; its `step_time` is the mean over the steps since the
+previous line, eval excluded (the first line after a start counts from the end of the first
+step, so compilation is in no line but a first-step-only one). A run that will train removes a
+previous `summary.json` first and writes a new one when it finishes, so a summary always
+describes the parameters the run folder ends with.
 """
 
 from __future__ import annotations
 
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -17,6 +22,7 @@ from trainlab.algorithms import quantize as qz
 from trainlab.training import checkpoint as checkpoint_lib
 from trainlab.training import metrics as metrics_lib
 from trainlab.training import preemption, resume, rundir
+from trainlab.training import workdir as workdir_lib
 from trainlab.training.run import Run, build_run
 from trainlab.training.trainer import Trainer
 
@@ -32,70 +38,91 @@ def _num_params(params: Any) -> int:
 
 def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
   """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
+  workdir_lib.check_usable(workdir)  # before anything is built
   return train_run(build_run(config), workdir, progress=progress)
 
 
 def train_run(run: Run, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
-  """Trains a built run in `workdir`; see `train`."""
+  """Trains a built run in `workdir`, which it holds locked for the whole run; see `train`."""
+  with workdir_lib.hold(workdir) as held:
+    return _train(run, held, progress)
+
+
+def _train(run: Run, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
   start_time = time.time()
-  workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
-  if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
   trainer = Trainer(run)
   checkpoints = resume.own_checkpoints(trainer, workdir)
-  state, origin = resume.restore_or_init(trainer, checkpoints)
+  try:
+    state, origin = resume.restore_or_init(trainer, checkpoints)
+  except BaseException:
+    checkpoints.close()
+    raise
   start_step = int(state.step)
+  loop = run.loop
+  if is_main and start_step < loop.total_steps:  # a run in progress has no summary
+    (workdir / "summary.json").unlink(missing_ok=True)
   resumed = rundir.drop_records_after(workdir / "metrics.jsonl", start_step) if is_main else None
   rundir.write_json(workdir / "config.json", rundir.as_json(run.config))  # the checkpoint fits
-  loop = run.loop
-  if is_main and progress:
-    print(f"{workdir}: {origin}; training to step {loop.total_steps}", file=sys.stderr,
-          flush=True)
+  console = metrics_lib.Console(loop.total_steps, run.tokens_per_step,
+                                "tok" if run.dataset.kind == "lm" else "ex",
+                                enabled=is_main and progress)
+  console.say(f"{workdir}: {origin}; training to step {loop.total_steps}")
   checkpoint_meta = checkpoint_lib.run_metadata(run.config)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  bar = metrics_lib.Progress(loop.total_steps, start_step, run.tokens_per_step,
-                             enabled=is_main and progress)
 
   last_metrics: dict[str, float] = dict(resumed or {})
   done_at_start = start_step >= loop.total_steps
-  eval_metrics: dict[str, float] = (trainer.evaluate(state.params, test=True)
-                                    if done_at_start else {})
+  eval_metrics: dict[str, float] = trainer.evaluate(state.params) if done_at_start else {}
+  if done_at_start and "eval_loss" in eval_metrics:
+    console.say(f"already trained to step {start_step}; eval {eval_metrics['eval_loss']:.4f}")
   eval_step_done = -1
   pending = None
-  last_log_time, last_log_step = time.time(), start_step
+  window = {"time": time.perf_counter(), "step": start_step, "eval_s": 0.0, "first_s": 0.0}
 
   def finish_step(step: int, device_metrics: Any) -> None:
-    nonlocal last_metrics, last_log_time, last_log_step
+    nonlocal last_metrics
     last_metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if last_metrics["nonfinite_in_a_row"] >= loop.max_nonfinite_steps:
       raise DivergedError(
           f"{int(last_metrics['nonfinite_in_a_row'])} non-finite steps in a row at step {step}; "
           "lower optimizer.learning_rate or enable optimizer.grad_clip_norm")
     done = step + 1
-    log_now = done % loop.log_every == 0 or done == loop.total_steps
-    bar.update(1, last_metrics if log_now else None)
-    if log_now:
-      now = time.time()
-      step_time = (now - last_log_time) / max(done - last_log_step, 1)
-      last_log_time, last_log_step = now, done
+    console.advance()
+    if done % loop.log_every == 0 or done == loop.total_steps or eval_step_done == done:
+      now = time.perf_counter()
+      steps = done - window["step"]  # 0 for a line at the first step: its time, compile and all
+      step_time = (now - window["time"] - window["eval_s"]) / steps if steps else window["first_s"]
+      window.update(time=now, step=done, eval_s=0.0)
       record = {k: v for k, v in last_metrics.items() if k != "nonfinite_in_a_row"}
       evaluated_now = eval_metrics if eval_step_done == done else {}
       writer.write(done, {**record, "step_time": step_time, **evaluated_now})
+      console.log(done, {**record, **evaluated_now}, step_time)
 
   with preemption.PreemptionWatch() as watch:
     try:
       for step in range(start_step, loop.total_steps):
-        state, device_metrics = trainer.train_step(state, trainer.step_batch(step))
+        batch = trainer.step_batch(step)
+        if step == start_step:
+          console.compiling()
+          compile_start = time.perf_counter()
+          state, device_metrics = trainer.train_step(state, batch)
+          jax.block_until_ready(device_metrics)
+          window.update(time=time.perf_counter(), step=step + 1,
+                        first_s=time.perf_counter() - compile_start)
+          console.compiled(window["first_s"], step + 1)
+        else:
+          state, device_metrics = trainer.train_step(state, batch)
         if pending is not None:
           finish_step(*pending)
         pending = (step, device_metrics)
         done = step + 1
         is_last = done == loop.total_steps
         if loop.eval_every and done % loop.eval_every == 0 or is_last:
-          eval_metrics = trainer.evaluate(state.params, test=is_last)
-          eval_step_done = done
-        if done % loop.log_every == 0 or is_last:
+          eval_start = time.perf_counter()
+          eval_metrics, eval_step_done = trainer.evaluate(state.params), done
+          window["eval_s"] += time.perf_counter() - eval_start
+        if done % loop.log_every == 0 or is_last or eval_step_done == done:
           finish_step(*pending)
           pending = None
         if checkpoints.should_save(done) or is_last:
@@ -108,9 +135,8 @@ def train_run(run: Run, workdir: str | pathlib.Path, *, progress: bool = True) -
     finally:
       checkpoints.wait()
       checkpoints.close()
-      bar.close()
+      console.close()
       writer.close()
-
   summary = {
       "steps": int(state.step),
       "final_train_loss": last_metrics.get("train_loss"),
