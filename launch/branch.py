@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
       f"{args.decay_steps}"
   command = cli.Command(config=config, config_arg=str(run_dir / "config.json"), workdir=workdir)
   workdir, summary = cli.run_training(loop.train, command, "branch")
-  print(json.dumps({"workdir": str(workdir), **summary}, indent=2))
+  cli.print_result({"workdir": str(workdir), **summary})
   return 0
 
 

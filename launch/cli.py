@@ -3,8 +3,12 @@
 Every entry point that takes a config accepts `--config FILE[:ARG]` (default: its own
 experiment file), `--config.KEY=VALUE` overrides, `--workdir DIR` and `--print_config`. A user
 mistake anywhere (an unknown key, a value of the wrong type, a missing file, a bad `:arg`, a
-config its builder rejects) ends in one line on stderr and exit code 2; Ctrl-C ends in one line
-and 130, SIGTERM in one line and 143, after the run has saved its state.
+config its builder rejects, a workdir that cannot be written or is in use) ends in one line on
+stderr and exit code 2; Ctrl-C ends in one line and 130, SIGTERM in one line and 143 (inside
+a training loop after the run has saved its state), each saying to rerun the same command.
+
+Without `--workdir` a run goes to `runs/<prefix>-<config>-<hash of the resolved config>` under
+the checkout, or under `$TRAINLAB_RUNS_DIR` when that is set.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import difflib
 import hashlib
 import json
 import pathlib
+import os
 import re
+import signal
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -45,9 +51,45 @@ class ArgumentParser(argparse.ArgumentParser):
     raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+class Terminated(KeyboardInterrupt):
+  """SIGTERM outside a training loop, raised like Ctrl-C's KeyboardInterrupt (the loop itself
+  notes both signals, saves and raises `Preempted` instead)."""
+  signum = signal.SIGTERM
+
+
+def _terminate(signum: int, frame: Any) -> NoReturn:
+  del signum, frame
+  raise Terminated()
+
+
+def is_main() -> bool:
+  """Process 0, or no JAX at all (the only process): the one that prints."""
+  jax = sys.modules.get("jax")
+  return jax is None or not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
 def usage_error(message: str) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(USAGE_EXIT_CODE)
+
+
+def print_result(result: dict[str, Any]) -> None:
+  """A finished run's result as JSON on stdout, by process 0 only."""
+  if is_main():
+    print(json.dumps(result, indent=2))
+
+
+def stop(message: str, code: int) -> NoReturn:
+  """Exits with `code` after one line (on process 0) saying why and how to continue."""
+  if is_main():
+    print(f"stopped: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _interrupted(error: KeyboardInterrupt) -> tuple[str, int]:
+  signum = getattr(error, "signum", signal.SIGINT)
+  what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+  return f"{what}; rerun the same command to continue", 128 + signum
 
 
 def _help(prog: str, default_config: str, doc: str) -> str:
@@ -57,7 +99,8 @@ def _help(prog: str, default_config: str, doc: str) -> str:
           "variant, e.g. experiments/lm.py:size=tiny,opt=sophia\n"
           "  --config.KEY=VALUE   override one key of the config (repeatable)\n"
           "  --workdir DIR        run folder (default: runs/<config>-<hash of the resolved "
-          "config>, so rerunning the same command continues the same run)\n"
+          "config>, so rerunning the same command continues the same run; the runs/ root is "
+          "$TRAINLAB_RUNS_DIR if set)\n"
           "  --print_config       print the resolved config (every KEY) and exit\n")
 
 
@@ -165,47 +208,61 @@ def override(config: Any, overrides: list[str]) -> Any:
   return flag_values.config
 
 
+def runs_root() -> pathlib.Path:
+  """Where default workdirs go: `$TRAINLAB_RUNS_DIR`, else `runs/` in the checkout."""
+  return pathlib.Path(os.environ.get("TRAINLAB_RUNS_DIR") or REPO / "runs")
+
+
 def default_workdir(command: Command, prefix: str) -> pathlib.Path:
   """`runs/<prefix>-<config file stem>-<8 hex of the resolved config>`: the same command gives
   the same folder (so a rerun continues it), a different config a different one."""
   resolved = json.dumps(command.config.to_dict(), sort_keys=True, default=str)
   digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]
   stem = pathlib.Path(command.config_arg.split(":", 1)[0]).stem
-  return REPO / "runs" / f"{prefix}-{stem}-{digest}"
+  return runs_root() / f"{prefix}-{stem}-{digest}"
 
 
 def run(main: Callable[[list[str]], Any]) -> NoReturn:
-  """Runs `main(sys.argv)`, turning `UsageError` into one line and exit code 2 and Ctrl-C into
-  one line and exit code 130."""
+  """Runs `main(sys.argv)`: a `UsageError` is one line and exit code 2; Ctrl-C, SIGTERM and a
+  training loop's `Preempted` are one line saying to rerun the command, and 128 + signal."""
   flags.FLAGS.mark_as_parsed()  # libraries read absl flags; ours are parsed by `parse`
   logging.set_verbosity(logging.WARNING)
+  signal.signal(signal.SIGTERM, _terminate)
   try:
     result = main(sys.argv)
   except UsageError as e:
     usage_error(" ".join(str(e).split()))
-  except KeyboardInterrupt:
-    print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
-    sys.exit(130)
+  except KeyboardInterrupt as e:
+    stop(*_interrupted(e))
+  except Exception as e:
+    preemption = sys.modules.get("trainlab.training.preemption")  # loaded if a loop ran
+    if preemption is not None and isinstance(e, preemption.Preempted):
+      stop(str(e), 128 + e.signum)
+    raise
   sys.exit(result or 0)
 
 
 def run_training(train_fn: Callable[[Any, pathlib.Path], Any], command: Command,
                  prefix: str) -> tuple[pathlib.Path, Any]:
-  """Starts the distributed runtime, then `train_fn(config, workdir)`.
+  """Checks the workdir, starts the distributed runtime, then `train_fn(config, workdir)`.
 
-  A diverged run exits 1; a preempted one (SIGTERM/SIGINT, saved) exits 128 + signal, and the
-  same command resumes it. The workdir is printed first and in every stop message.
+  A workdir that is a file or cannot be written is a `UsageError` before anything is built. A
+  diverged run exits 1; a preempted or interrupted one (SIGTERM/SIGINT) exits 128 + signal,
+  and the same command resumes it. The workdir is printed first (by the loop) and in every
+  stop message.
   """
-  from trainlab.training import distributed, loop, preemption
-  distributed.maybe_initialize()
+  from trainlab.training import distributed, loop, preemption, workdir as workdir_lib
   workdir = command.workdir or default_workdir(command, prefix)
-  is_main = distributed.is_main_process()
+  workdir_lib.check_usable(workdir)
+  distributed.maybe_initialize()
   try:
     return workdir, train_fn(command.config, workdir)
   except loop.DivergedError as e:
-    print(f"error: {e} (workdir {workdir})", file=sys.stderr)
+    if is_main():
+      print(f"error: {e} (workdir {workdir})", file=sys.stderr)
     sys.exit(1)
   except preemption.Preempted as e:
-    if is_main:
-      print(f"stopped: {e} (workdir {workdir})", file=sys.stderr)
-    sys.exit(128 + e.signum)
+    stop(f"{e} (workdir {workdir})", 128 + e.signum)
+  except KeyboardInterrupt as e:
+    message, code = _interrupted(e)
+    stop(f"{message} (workdir {workdir})", code)

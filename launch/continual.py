@@ -9,7 +9,6 @@ Rerunning the same command skips finished tasks and resumes an interrupted one.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from launch import cli
@@ -19,8 +18,9 @@ from trainlab.training import continual
 def main(argv: list[str]) -> int:
   command = cli.parse(argv, "continual.py", "launch.continual", __doc__)
   workdir, record = cli.run_training(continual.run_stream, command, "continual")
-  print(continual.matrix_markdown(record), file=sys.stderr)
-  print(json.dumps({"workdir": str(workdir), **record}, indent=2))
+  if cli.is_main():
+    print(continual.matrix_markdown(record), file=sys.stderr)
+  cli.print_result({"workdir": str(workdir), **record})
   return 0
 
 

@@ -1,6 +1,10 @@
 """Schedule gallery: every registered schedule on one figure.
 
-  python -m launch.plot_schedules [--out docs/schedules.png] [--total-steps 1000]
+  python -m launch.plot_schedules [--out FILE] [--total-steps 1000]
+
+The figure goes to `runs/schedules.png` (under `$TRAINLAB_RUNS_DIR` if set) unless `--out`
+says otherwise, so a plain run never rewrites the tracked copy. To regenerate the committed
+figure: `python -m launch.plot_schedules --out docs/schedules.png`.
 
 Each schedule in `algorithms.schedules.SCHEDULES` is drawn with peak 1.0 over `total_steps`
 updates (and a little past the end, to show the hold), using the example arguments below; a
@@ -9,7 +13,6 @@ schedule without an entry is drawn with its defaults, or reported if it needs ar
 
 from __future__ import annotations
 
-import argparse
 import math
 import pathlib
 import sys
@@ -21,7 +24,9 @@ import matplotlib.pyplot as plt
 import jax
 import numpy as np
 
+from launch import cli
 from trainlab.algorithms import schedules
+from trainlab.errors import UsageError
 
 # Example arguments per registered name; fractions of total_steps are resolved at draw time.
 EXAMPLES: dict[str, list[tuple[str, dict]]] = {
@@ -89,17 +94,28 @@ def plot_all(out: pathlib.Path, total_steps: int = 1000) -> list[str]:
   return skipped
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/schedules.png"))
+def parse(argv: list[str]) -> tuple[pathlib.Path, int]:
+  """(out, total_steps) from the command line (argv[0] is the program)."""
+  parser = cli.ArgumentParser(prog="python -m launch.plot_schedules",
+                              description=__doc__.splitlines()[0])
+  parser.add_argument("--out", type=pathlib.Path, default=None,
+                      help="where to write the PNG (default: runs/schedules.png; the committed "
+                      "figure is docs/schedules.png)")
   parser.add_argument("--total-steps", type=int, default=1000)
-  args = parser.parse_args(argv)
-  skipped = plot_all(args.out, args.total_steps)
+  args = parser.parse_args(argv[1:])
+  if args.total_steps < 1:
+    raise UsageError(f"--total-steps {args.total_steps} must be >= 1")
+  return args.out or cli.runs_root() / "schedules.png", args.total_steps
+
+
+def main(argv: list[str]) -> int:
+  out, total_steps = parse(argv)
+  skipped = plot_all(out, total_steps)
   for line in skipped:
     print(f"not drawn: {line}", file=sys.stderr)
-  print(f"wrote {args.out}")
+  print(f"wrote {out}")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -9,7 +9,6 @@ an interruption continues the same run.
 
 from __future__ import annotations
 
-import json
 
 from launch import cli
 from trainlab.training import loop
@@ -18,7 +17,7 @@ from trainlab.training import loop
 def main(argv: list[str]) -> int:
   command = cli.parse(argv, "lm.py", "launch.train", __doc__)
   workdir, summary = cli.run_training(loop.train, command, "train")
-  print(json.dumps({"workdir": str(workdir), **summary}, indent=2))
+  cli.print_result({"workdir": str(workdir), **summary})
   return 0
 
 
