@@ -20,8 +20,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def run_module(module: str, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess:
-  """`python -m module args...` from the repo root; returns the completed process."""
+               timeout: float = 1800) -> subprocess.CompletedProcess:
+  """`python -m module args...` from the repo root; returns the completed process.
+
+  `timeout` only guards against a hang: a test that needs seconds idle may need many minutes
+  on a loaded machine, so no test should set a smaller one.
+  """
   full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout, check=False)

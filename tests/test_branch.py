@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
 import pytest
 
 from experiments import lm
+from trainlab.errors import UsageError
 from trainlab.training import loop
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 PEAK, WARMUP, AT, DECAY = 3e-3, 2, 8, 4
 
 
@@ -57,10 +64,28 @@ def stable_fixture(tmp_path_factory):
 
 
 def test_branch_resumes_stable_state_and_decays(stable, run_module, tmp_path):
+  """The branch is stopped by SIGTERM once its first step has run (one line, exit 143), then
+  the same command finishes it."""
   stable_dir, _ = stable
   branch_dir = tmp_path / "branch"
-  result = run_module("launch.branch", "--from", str(stable_dir), "--at", str(AT),
-                      "--decay-steps", str(DECAY), "--workdir", str(branch_dir))
+  args = ("--from", str(stable_dir), "--at", str(AT), "--decay-steps", str(DECAY),
+          "--workdir", str(branch_dir))
+  process = subprocess.Popen([sys.executable, "-m", "launch.branch", *args], cwd=REPO,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  seen = []
+  for line in process.stderr:
+    seen.append(line)
+    if line.startswith("compiled the train step"):
+      process.send_signal(signal.SIGTERM)
+      break
+  stdout, stderr = process.communicate(timeout=1800)  # only against a hang
+  stderr = "".join(seen) + stderr
+  assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  stops = [l for l in stderr.splitlines() if l.startswith("stopped:")]
+  assert len(stops) == 1 and "rerun the same command to continue" in stops[0], stderr[-2000:]
+  assert "Traceback" not in stderr and not stdout.strip()
+  result = run_module("launch.branch", *args)
   assert result.returncode == 0, result.stderr[-3000:]
 
   records = _records(branch_dir)
@@ -92,4 +117,18 @@ def test_branch_at_unsaved_step_is_a_usage_error(stable, run_module, tmp_path):
                       "--decay-steps", str(DECAY), "--workdir", str(tmp_path / "b"))
   assert result.returncode == 2, result.stderr[-2000:]
   assert "step 6" in result.stderr and "Traceback" not in result.stderr
-  assert not (tmp_path / "b" / "summary.json").exists()
+  assert not (tmp_path / "b").exists()  # a failed start leaves no empty workdir
+
+
+def test_branch_overrides_are_checked_like_every_config_flag(stable):
+  from launch import branch
+  stable_dir, _ = stable
+  argv = ["launch.branch", "--from", str(stable_dir), "--at", str(AT), "--decay-steps",
+          str(DECAY), "--config.total_step=3"]
+  with pytest.raises(UsageError) as raised:
+    branch.main(argv)
+  message = str(raised.value)
+  assert message == ("--config.total_step is not a key of the config (did you mean "
+                     "total_steps?); list the keys with --print_config"), message
+  with pytest.raises(UsageError, match="optimizer.learning_rate"):
+    branch.main([*argv[:-1], "--config.optimizer.learning_rate=abc"])

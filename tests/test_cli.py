@@ -6,6 +6,8 @@ two subprocess cases keep the exit-2 contract of the real command line.
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from launch import cli
@@ -42,6 +44,18 @@ BAD_INPUTS = {
                                "learning_rate"),
     "unknown flag": (["--config", TEST, "--workdr=x"], "workdr"),
     "stray positional argument": (["--config", TEST, "extra"], "extra"),
+    "nan learning rate": (["--config", TEST, "--config.optimizer.learning_rate=nan"],
+                          "learning_rate"),
+    "negative learning rate": (["--config", TEST, "--config.optimizer.learning_rate=-1e-3"],
+                               "learning_rate"),
+    "unknown nested key without --config": (["--config.optimizer.nme=adamw"],
+                                            "did you mean optimizer.name"),
+    "zero logging interval": (["--config", TEST, "--config.log.every_steps=0"],
+                              "log.every_steps"),
+    "two checkpoint sources": (["--config", TEST, "--config.checkpoint.resume_from=a",
+                                "--config.checkpoint.init_from=b"], "both set"),
+    "accumulation that does not divide the batch": (
+        ["--config", TEST, "--config.optimizer.accumulation_steps=3"], "accumulation_steps"),
 }
 
 
@@ -99,3 +113,45 @@ def test_default_workdir_is_a_function_of_the_resolved_config():
   assert cli.default_workdir(a, "train") == cli.default_workdir(b, "train")
   assert cli.default_workdir(a, "train") != cli.default_workdir(c, "train")
   assert cli.default_workdir(a, "train").name.startswith("train-lm-")
+
+
+def test_did_you_mean_is_plain_text():
+  with pytest.raises(UsageError) as raised:
+    cli.parse(["launch.train", "--config.total_step=10"], "lm.py")
+  assert str(raised.value) == ("--config.total_step is not a key of the config (did you mean "
+                               "total_steps?); list the keys with --print_config")
+  with pytest.raises(UsageError) as raised:
+    cli.parse(["launch.train", "--config", TEST, "--config.total_step=10"], "lm.py")
+  assert "did you mean total_steps?" in str(raised.value) and "\\" not in str(raised.value)
+
+
+def test_runs_root_follows_trainlab_runs_dir(monkeypatch, tmp_path):
+  command = cli.parse(["launch.train"], "lm.py")
+  monkeypatch.delenv("TRAINLAB_RUNS_DIR", raising=False)
+  assert cli.default_workdir(command, "train").parent == cli.REPO / "runs"
+  monkeypatch.setenv("TRAINLAB_RUNS_DIR", str(tmp_path))
+  assert cli.default_workdir(command, "train").parent == tmp_path
+
+
+def test_plot_schedules_never_rewrites_the_committed_figure_by_default(monkeypatch, tmp_path):
+  from launch import plot_schedules
+  monkeypatch.delenv("TRAINLAB_RUNS_DIR", raising=False)
+  out, _ = plot_schedules.parse(["plot_schedules"])
+  assert out == cli.REPO / "runs" / "schedules.png"
+  out, _ = plot_schedules.parse(["plot_schedules", "--out", "docs/schedules.png"])
+  assert out == pathlib.Path("docs/schedules.png")  # regenerating it is explicit
+  with pytest.raises(UsageError, match="--total-steps 0"):
+    plot_schedules.parse(["plot_schedules", "--total-steps", "0"])
+
+
+def test_loop_overhead_benchmark_flags_are_one_line_and_exit_2(run_module):
+  """`--steps 10` used to end in a StatisticsError traceback after training."""
+  result = run_module("benchmarks.loop_overhead", "--steps", "10")
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+  assert lines[0].startswith("error: --steps 10 must be >= 30")
+  from benchmarks import loop_overhead
+  with pytest.raises(UsageError, match="--rounds 0"):
+    loop_overhead.main(["loop_overhead", "--rounds", "0"])
+  with pytest.raises(UsageError, match="invalid int value"):
+    loop_overhead.main(["loop_overhead", "--steps", "many"])

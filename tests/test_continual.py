@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from trainlab.data import make_dataset
+from trainlab.errors import UsageError
 from experiments import continual as continual_configs
 from trainlab.training.run import build_run
 from trainlab.training.trainer import Trainer
 from trainlab.training import checkpoint, continual, loop
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 DOMAINS = "stdlib-code,pydoc-english"
 STEPS = 10  # per task; the infinite schedule anneals over the last 2
 
@@ -149,3 +155,61 @@ def test_replay_batches_are_pure_and_mix_earlier_domains():
     earlier = make_dataset(name, seed=0, batch_size=1, seq_len=32)
     np.testing.assert_array_equal(batch["inputs"][row], earlier.train_batch(7)["inputs"][0])
   assert not np.array_equal(a.train_batch(8)["inputs"], batch["inputs"])
+
+
+def _signal_when(workdir: pathlib.Path, starts: str, signum: int) -> subprocess.CompletedProcess:
+  """Runs launch.continual and sends `signum` when a stderr line starts with `starts`."""
+  process = subprocess.Popen([sys.executable, "-m", "launch.continual", *_flags(workdir)],
+                             cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  seen = []
+  for line in process.stderr:
+    seen.append(line)
+    if line.startswith(starts):
+      process.send_signal(signum)
+      break
+  stdout, stderr = process.communicate(timeout=1800)  # only against a hang
+  return subprocess.CompletedProcess(process.args, process.returncode, stdout,
+                                     "".join(seen) + stderr)
+
+
+def test_sigterm_between_tasks_and_ctrl_c_inside_one_lose_nothing(stream, run_module, tmp_path):
+  """SIGTERM while task 0's model is evaluated, then Ctrl-C once task 1's first step ran: one
+  line and 143 / 130 each; the same command then ends with the uninterrupted loss matrix."""
+  _, uninterrupted = stream
+  workdir = tmp_path / "stream"
+  for starts, signum in (("task 0 (stdlib-code) is trained; evaluating", signal.SIGTERM),
+                         ("compiled the train step", signal.SIGINT)):
+    result = _signal_when(workdir, starts, signum)
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    stops = [l for l in result.stderr.splitlines() if l.startswith("stopped:")]
+    assert len(stops) == 1 and "rerun the same command to continue" in stops[0], result.stderr
+    assert "Traceback" not in result.stderr and not result.stdout.strip()
+  assert (workdir / "task_0_stdlib-code" / "summary.json").exists()
+  result = run_module("launch.continual", *_flags(workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  same = lambda rows: [{k: v for k, v in r.items() if k != "started_from"} for r in rows]
+  assert same(json.loads(result.stdout)["tasks"]) == same(uninterrupted["tasks"])
+
+
+def test_every_domain_and_task_is_checked_before_the_first_step(tmp_path):
+  """An unknown domain late in the stream used to surface only after the earlier tasks had
+  trained; now nothing is created or trained."""
+  config = _config()
+  config.stream.domains = "stdlib-code,pydoc-english,no-such-corpus"
+  with pytest.raises(UsageError, match="no-such-corpus"):
+    continual.run_stream(config, tmp_path / "stream", progress=False)
+  assert not (tmp_path / "stream").exists()
+  config = _config()
+  config.optimizer.learning_rate = float("nan")
+  with pytest.raises(UsageError, match="optimizer.learning_rate"):
+    continual.run_stream(config, tmp_path / "stream", progress=False)
+  assert not (tmp_path / "stream").exists()
+
+
+def test_unknown_stream_key_is_one_line_with_a_hint():
+  from launch import cli
+  with pytest.raises(UsageError) as raised:
+    cli.parse(["launch.continual", "--config.stream.domain=x"], "continual.py")
+  assert str(raised.value) == ("--config.stream.domain is not a key of the config (did you mean "
+                               "stream.domains?); list the keys with --print_config")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-
+import io
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from trainlab.training.run import build_run
 from trainlab.training.trainer import Trainer
-from trainlab.training import loop
+from trainlab.training import loop, metrics
 
 STEPS = "--config.total_steps=12"
 
@@ -33,10 +34,26 @@ def test_train_cli_writes_its_files_and_is_bitwise_reproducible(run_module, tmp_
     config = json.loads((workdir / "config.json").read_text())
     assert config["total_steps"] == 12
     records = _read_jsonl(workdir / "metrics.jsonl")
-    assert [r["step"] for r in records] == [4, 8, 12]
+    assert [r["step"] for r in records] == [4, 6, 8, 12]  # 6: an eval step between log steps
     for key in ("train_loss", "lr", "grad_norm", "update_norm", "step_time"):
       assert all(np.isfinite(r[key]) for r in records), key
-    assert "eval_loss" in records[-1] and "eval_loss" not in records[0]
+    assert ["eval_loss" in r for r in records] == [False, True, False, True]
+    # stderr is a pipe here, as in SLURM or CI: plain lines, no bar redraws.
+    assert "\r" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines.index("compiling the train step ...") < min(
+        i for i, l in enumerate(lines) if l.startswith("step "))
+    assert any(l.startswith("compiled the train step in ") for l in lines)
+    logged = {int(l.split()[1].split("/")[0]): l for l in lines if l.startswith("step ")}
+    assert sorted(logged) == [4, 6, 8, 12]
+    for step, line in logged.items():
+      record = next(r for r in records if r["step"] == step)
+      assert f"loss {record['train_loss']:.4f}" in line and " tok/s" in line, line
+      if "eval_loss" in record:
+        assert f"eval {record['eval_loss']:.4f} ± {record['eval_loss_se']:.4f}" in line, line
+      else:
+        assert " eval " not in line, line
+    assert str(workdir) in lines[0] and "started from scratch" in lines[0]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((workdir / "summary.json").read_text())
     for key in ("final_train_loss", "final_eval_loss", "steps", "wall_time_s", "params_sha256",
@@ -98,3 +115,72 @@ def test_divergence_stops_with_a_clear_error(tmp_path, tiny_config):
     assert "2 non-finite steps in a row" in str(e)
   else:
     raise AssertionError("the run did not stop")
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def _console_output(stream):
+  console = metrics.Console(20, 100, "tok", enabled=True, stream=stream)
+  console.compiling()
+  console.compiled(2.0, 1)
+  for done in range(1, 11):
+    console.advance()
+  console.log(10, {"train_loss": 1.5, "lr": 1e-3, "eval_loss": 1.25, "eval_loss_se": 0.01}, 0.5)
+  console.close()
+  return stream.getvalue()
+
+
+def test_console_is_plain_lines_in_a_file_and_a_bar_only_on_a_terminal():
+  plain = _console_output(io.StringIO())
+  assert plain.splitlines() == [
+      "compiling the train step ...", "compiled the train step in 2.0 s (its first run included)",
+      plain.splitlines()[2]]
+  assert plain.splitlines()[2].startswith(
+      "step 10/20  loss 1.5000  lr 1.000e-03  200 tok/s  eval 1.2500 ± 0.0100  ETA ")
+  assert "\r" not in plain
+  terminal = _console_output(_Terminal())
+  assert "\r" in terminal and "10/20" in terminal  # tqdm's bar
+  assert "step 10/20  loss 1.5000" in terminal
+
+
+def test_eta_counts_from_the_end_of_the_first_step(monkeypatch):
+  """100 s of compilation, then 1 s per step: 9 steps left take 9 s, not 9 x 10.9 s."""
+  clock = iter([1000.0, 1010.0])
+  monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+  console = metrics.Console(20, 100, "tok", enabled=False)
+  console.compiled(100.0, 1)  # the first step ends at t = 1000
+  assert console.eta(11) == "9s"  # t = 1010: 10 steps in 10 s
+
+
+def test_a_run_in_progress_has_no_stale_summary(tmp_path, tiny_config):
+  """A resumed run that stops early leaves no summary of the earlier, shorter run."""
+  config = tiny_config
+  config.total_steps, config.max_nonfinite_steps = 4, 2
+  loop.train(config, tmp_path, progress=False)
+  assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
+  config.total_steps = 8
+  run = build_run(config)
+
+  def train_batch(step):
+    batch = run.dataset.train_batch(step)
+    return {**batch, "weights": np.full_like(batch["weights"], np.nan)}
+
+  poisoned = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset,
+                                                                   train_batch=train_batch))
+  with pytest.raises(loop.DivergedError):
+    loop.train_run(poisoned, tmp_path, progress=False)
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_finished_run_rerun_re_evaluates_and_rewrites_its_summary(tmp_path, tiny_config):
+  config = tiny_config
+  config.total_steps = 3
+  first = loop.train(config, tmp_path, progress=False)
+  (tmp_path / "summary.json").write_text('{"steps": 0, "final_eval_loss": 9.0}')
+  again = loop.train(config, tmp_path, progress=False)
+  assert json.loads((tmp_path / "summary.json").read_text()) == again
+  for key in ("steps", "final_train_loss", "final_eval_loss", "params_sha256"):
+    assert again[key] == first[key], key
