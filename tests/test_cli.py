@@ -6,7 +6,10 @@ two subprocess cases keep the exit-2 contract of the real command line.
 
 from __future__ import annotations
 
+import os
 import pathlib
+import signal
+import sys
 
 import pytest
 
@@ -155,3 +158,41 @@ def test_loop_overhead_benchmark_flags_are_one_line_and_exit_2(run_module):
     loop_overhead.main(["loop_overhead", "--rounds", "0"])
   with pytest.raises(UsageError, match="invalid int value"):
     loop_overhead.main(["loop_overhead", "--steps", "many"])
+
+
+@pytest.fixture(name="sigterm_restored")
+def sigterm_restored_fixture():
+  previous = signal.getsignal(signal.SIGTERM)
+  yield
+  signal.signal(signal.SIGTERM, previous)
+
+
+def _run_exit(main, monkeypatch, capsys) -> tuple[int, list[str]]:
+  monkeypatch.setattr(sys, "argv", ["prog"])
+  with pytest.raises(SystemExit) as exited:
+    cli.run(main)
+  return exited.value.code, [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+
+
+def test_cli_run_turns_every_stop_into_one_line_and_128_plus_the_signal(
+    sigterm_restored, monkeypatch, capsys):
+  """Preempted (what the reproduction runner relies on), Ctrl-C, and SIGTERM outside a loop."""
+  from trainlab.training import preemption
+
+  def preempted(argv):
+    raise preemption.Preempted(7, signal.SIGTERM)
+
+  def ctrl_c(argv):
+    raise KeyboardInterrupt
+
+  def sigterm(argv):
+    os.kill(os.getpid(), signal.SIGTERM)  # cli.run's handler raises at the next bytecode
+    raise AssertionError("SIGTERM was not turned into an exception")
+
+  for main, code, needle in ((preempted, 143, "SIGTERM after saving step 7"),
+                             (ctrl_c, 130, "interrupted (Ctrl-C)"),
+                             (sigterm, 143, "terminated (SIGTERM)")):
+    got, lines = _run_exit(main, monkeypatch, capsys)
+    assert got == code and len(lines) == 1, (needle, lines)
+    assert lines[0].startswith("stopped: ") and needle in lines[0]
+    assert lines[0].endswith("rerun the same command to continue")

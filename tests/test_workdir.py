@@ -6,6 +6,7 @@ stdin (so the test knows exactly when it holds the lock and decides when it lets
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import signal
@@ -135,3 +136,12 @@ def test_a_failed_start_leaves_no_empty_workdir(tmp_path, tiny_config):
   with pytest.raises(UsageError, match="no checkpoints at"):
     loop.train(tiny_config, existing, progress=False)
   assert existing.is_dir()  # it was there before: never removed
+
+
+def test_a_filesystem_without_locks_runs_with_a_warning(tmp_path, monkeypatch, capfd):
+  def no_locks(handle, operation):
+    raise OSError(errno.ENOLCK, "No locks available")
+  monkeypatch.setattr(workdir.fcntl, "flock", no_locks)
+  with workdir.hold(tmp_path / "run"):
+    pass
+  assert "cannot lock" in capfd.readouterr().err

@@ -11,7 +11,8 @@ its verdict, so a second multi-process job fails cleanly on all of them. If the 
 before it wrote anything into a folder `hold` created, the folder is removed again.
 
 flock works on local disks and on NFSv4 (Linux emulates it with byte-range locks there); on
-other network filesystems it may lock only within one host.
+other network filesystems it may lock only within one host, and where it is not supported at
+all (some FUSE mounts) the run goes ahead with a one-line warning.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def _try_lock(path: pathlib.Path):
     handle.close()
     return None, (f"{path} is in use by {holder}; wait for that run to finish (or stop it), "
                   "or pass another --workdir")
+  except OSError as e:  # a filesystem without locks (some FUSE mounts): run, but say so
+    print(f"warning: cannot lock {path / LOCK_FILE} ({e.strerror}); make sure no other run "
+          "uses this workdir", file=sys.stderr)
   handle.seek(0)
   stale = handle.read().strip()  # a clean exit empties the record: this one's holder died
   if stale:
