@@ -324,12 +324,16 @@ def uba_schedule(peak_value: float, total_steps: int, phi: float, warmup_steps: 
   equal to `optax.cosine_decay_schedule` after warmup; `phi < 2` stays above cosine
   (`phi -> 0`: constant), `phi > 2` decays faster.
 
-  Source and confidence: the paper's text past its introduction could not be reached here; this
-  is the project reference's reconstruction, and an independent third-party implementation
-  writes the same "UBA core formula", eta = (eta_max - eta_min) * 2(1 + cos) / (2 phi +
-  (2 - phi)(1 + cos)) + eta_min (docs/results/uba.md). Medium confidence: two secondary sources
-  agree, the primary equation is unverified. The abstract says `phi` is tied to the condition
-  number of the loss landscape; the exact relation is not reproduced here.
+  Source: one secondary source; the paper's equation was not read. No stored copy of the
+  paper's method section (arXiv HTML v1/v2 past the introduction, v3/v4, the NeurIPS page,
+  OpenReview) was reachable, and no official code is public. The form is that of one
+  unreferenced third-party PyTorch `UBAScheduler`, whose "UBA core formula" is
+  eta = (eta_max - eta_min) * 2(1 + cos) / (2 phi + (2 - phi)(1 + cos)) + eta_min (with
+  1 + cos = 2u, the form above; it asserts 0 <= phi <= 2, we take any phi > 0). The project's
+  reference page states the same form but is not an independent source. It has the properties
+  the abstract implies (a single `phi`; a cosine special case); the search and what it found
+  are in docs/results/uba.md. The abstract ties `phi` to the condition number; that relation
+  was not readable, so `phi` is a plain hyperparameter here.
   """
   _check_steps(total_steps=total_steps, warmup_steps=warmup_steps)
   _check_positive(phi=phi)

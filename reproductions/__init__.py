@@ -168,12 +168,17 @@ class Context:
 
   def run(self, specs: Sequence[RunSpec],
           record_fn: Callable[[RunSpec, pathlib.Path], dict[str, Any]] = default_record,
-          ) -> dict[str, dict[str, Any]]:
+          runs_per_process: int = 1) -> dict[str, dict[str, Any]]:
     """The record of every spec, training those that have none (in parallel workers).
 
-    A record whose config differs from the spec's is a `UsageError`: delete that line from
-    the records file (or rename the run) to train it again.
+    `runs_per_process` > 1 trains up to that many runs one after another in each worker
+    process, so runs of seconds do not pay the process start-up (imports, JAX) each; a worker
+    that fails or is stopped records none of its runs (a rerun resumes them from their
+    folders). A record whose config differs from the spec's is a `UsageError`: delete that
+    line from the records file (or rename the run) to train it again.
     """
+    if runs_per_process < 1:
+      raise ValueError(f"runs_per_process must be >= 1, got {runs_per_process}")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
       raise ValueError("run names must be unique within a reproduction")
@@ -191,7 +196,7 @@ class Context:
             f"to train: {', '.join(s.name for s in todo) or 'none'}", file=sys.stderr)
       return {s.name: have[s.name] for s in specs if s.name in have}
     if todo:
-      self._train(todo, record_fn)
+      self._train(todo, record_fn, runs_per_process)
     have = self.records()
     return {s.name: have[s.name] for s in specs}
 
@@ -204,7 +209,7 @@ class Context:
     self._append(record)
     return record
 
-  def _train(self, todo: list[RunSpec], record_fn) -> None:
+  def _train(self, todo: list[RunSpec], record_fn, runs_per_process: int = 1) -> None:
     self.runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     done = 0
@@ -227,9 +232,10 @@ class Context:
         _train_in_process(spec, run_dir)
         report(spec, time.time() - t0, self._finish(spec, run_dir, time.time() - t0, record_fn))
       return
-    self._train_in_workers(todo, record_fn, report)
+    self._train_in_workers(todo, record_fn, report, runs_per_process)
 
-  def _train_in_workers(self, todo: list[RunSpec], record_fn, report) -> None:
+  def _train_in_workers(self, todo: list[RunSpec], record_fn, report,
+                        runs_per_process: int = 1) -> None:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
            "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
            "JAX_COMPILATION_CACHE_DIR": str(REPO / "runs" / "jax-cache"),
@@ -244,24 +250,28 @@ class Context:
     try:
       while queue or running:
         while queue and len(running) < self.workers:
-          spec = queue.pop(0)
-          run_dir = self.runs_dir / spec.name
-          run_dir.mkdir(parents=True, exist_ok=True)
-          (run_dir / "spec.json").write_text(json.dumps(
-              {"kind": spec.kind, "config": rundir.as_json(spec.config)}, sort_keys=True))
-          log = open(run_dir / "log.txt", "a", encoding="utf-8")
-          process = subprocess.Popen([sys.executable, "-m", "reproductions.worker", str(run_dir)],
-                                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-          running[process] = (spec, run_dir, time.time(), log)
+          chunk = [queue.pop(0) for _ in range(min(runs_per_process, len(queue)))]
+          run_dirs = [self.runs_dir / spec.name for spec in chunk]
+          for spec, run_dir in zip(chunk, run_dirs):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "spec.json").write_text(json.dumps(
+                {"kind": spec.kind, "config": rundir.as_json(spec.config)}, sort_keys=True))
+          log = open(run_dirs[0] / "log.txt", "a", encoding="utf-8")  # the process's output
+          process = subprocess.Popen(
+              [sys.executable, "-m", "reproductions.worker", *map(str, run_dirs)],
+              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+          running[process] = (chunk, run_dirs, time.time(), log)
         time.sleep(1.0)
         for process in [p for p in running if p.poll() is not None]:
-          spec, run_dir, t0, log = running.pop(process)
+          chunk, run_dirs, t0, log = running.pop(process)
           log.close()
-          if process.returncode == 0:
-            report(spec, time.time() - t0, self._finish(spec, run_dir, time.time() - t0,
-                                                        record_fn))
-          else:
-            failed.append(f"{spec.name} (exit {process.returncode}, log {run_dir / 'log.txt'})")
+          seconds = (time.time() - t0) / len(chunk)  # a process's time, shared by its runs
+          for spec, run_dir in zip(chunk, run_dirs):
+            if process.returncode == 0:
+              report(spec, seconds, self._finish(spec, run_dir, seconds, record_fn))
+            else:
+              failed.append(f"{spec.name} (exit {process.returncode}, "
+                            f"log {run_dirs[0] / 'log.txt'})")
     except (KeyboardInterrupt, _Stopped) as e:
       signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
       for process in running:  # each saves its state and stops; the rerun resumes it
@@ -280,13 +290,15 @@ class Context:
   def tune(self, arms: dict[str, tuple], seeds: Sequence[int], extra: Sequence[RunSpec] = (),
            max_extensions: int = 3,
            score: Callable[[dict[str, Any]], float] = lambda r: r["summary"]["final_eval_loss"],
-           ) -> dict[str, "Tuning"]:
+           record_fn: Callable[[RunSpec, pathlib.Path], dict[str, Any]] = default_record,
+           runs_per_process: int = 1) -> dict[str, "Tuning"]:
     """Tunes every arm, `arms[name] = (make, grid)` or `(make, grid, arm_seeds)` with
     `make(value, seed) -> RunSpec`, on its grid with `seeds` (or its own `arm_seeds`), choosing
     the value with the lowest mean validation score. A choice on the grid's edge
     extends the grid by one step of the grid's spacing in that direction and trains again (at
     most `max_extensions` times), so every chosen value lies strictly inside its grid. `extra`
-    specs train alongside the first round. Choices read validation scores only.
+    specs train alongside the first round. Choices read validation scores only. `record_fn`
+    and `runs_per_process` are passed to `run`.
     """
     grids = {arm: sorted(spec[1]) for arm, spec in arms.items()}
     arm_seeds = {arm: tuple(spec[2]) if len(spec) > 2 else tuple(seeds)
@@ -295,7 +307,7 @@ class Context:
     for round_ in range(max_extensions + 1):
       specs = [arms[arm][0](value, seed) for arm, grid in grids.items() if arm not in results
                for value in grid for seed in arm_seeds[arm]]
-      records = self.run([*specs, *(extra if round_ == 0 else ())])
+      records = self.run([*specs, *(extra if round_ == 0 else ())], record_fn, runs_per_process)
       for arm, grid in list(grids.items()):
         if arm in results:
           continue

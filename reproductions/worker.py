@@ -1,7 +1,8 @@
-"""Trains one planned run in its own process: `python -m reproductions.worker RUN_DIR`.
+"""Trains planned runs in their own process: `python -m reproductions.worker RUN_DIR...`.
 
 `RUN_DIR/spec.json` holds the run's kind and resolved config (written by `Context.run`); a rerun
-on the same folder resumes the run from its checkpoints.
+on the same folder resumes the run from its checkpoints. Several folders train one after
+another in this one process (`Context.run(..., runs_per_process=K)`); the first failure stops it.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def train(kind: str, config: Any, run_dir: pathlib.Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-  run_dir = pathlib.Path(argv[1])
-  spec = json.loads((run_dir / "spec.json").read_text())
-  train(spec["kind"], ml_collections.ConfigDict(spec["config"]), run_dir)
+  for run_dir in map(pathlib.Path, argv[1:]):
+    spec = json.loads((run_dir / "spec.json").read_text())
+    train(spec["kind"], ml_collections.ConfigDict(spec["config"]), run_dir)
   return 0
 
 
