@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common, image, scale
+from experiments import common, image
 
 HOLDOUT = 10_000  # training images held out as the validation split
 SCALE_WARMUP = 300  # the scale models' warmup (experiments/scale.py)
@@ -52,16 +52,8 @@ def schedule_block(schedule: str, steps: int, phi: float, warmup: int = 0,
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, model="mlp", schedule="cosine", phi=2.0, epochs=1.0, lr=0.002,
                           seed=0, data="fashion-mnist", budget=1.0)
-  if args.model in scale.MODELS:
-    config = scale.get_config(f"model={args.model}")
-    config.total_steps = max(SCALE_WARMUP + 1, round(args.budget * config.total_steps))
-    config.optimizer.learning_rate = args.lr
-    config.schedule = schedule_block(args.schedule, config.total_steps, args.phi, SCALE_WARMUP)
-    config.seed = args.seed
-    return config
   if args.model not in ("mlp", "cnn"):
-    raise common.UsageError(f"model={args.model!r} is unknown; use mlp, cnn or one of "
-                            f"{', '.join(scale.MODELS)}")
+    return _scale_config(args)
   config = image.get_config(f"model={args.model},data={args.data},epochs=1")
   holdout = HOLDOUT if args.data == "fashion-mnist" else 300
   config.data.holdout = holdout
@@ -74,4 +66,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log.every_steps = max(1, config.total_steps // 10)
   config.checkpoint.every_steps = 0  # runs of seconds: only the final state is saved
   config.checkpoint.keep = 1
+  return config
+
+
+def _scale_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A paper-scale model of `experiments/scale.py` with `args.schedule` after its warmup."""
+  from experiments import scale  # imported here: the image runs never need it
+  if args.model not in scale.MODELS:
+    raise common.UsageError(f"model={args.model!r} is unknown; use mlp, cnn or one of "
+                            f"{', '.join(scale.MODELS)}")
+  config = scale.get_config(f"model={args.model}")
+  config.total_steps = max(SCALE_WARMUP + 1, round(args.budget * config.total_steps))
+  config.optimizer.learning_rate = args.lr
+  config.schedule = schedule_block(args.schedule, config.total_steps, args.phi, SCALE_WARMUP)
+  config.seed = args.seed
   return config
