@@ -12,8 +12,6 @@ continues it exactly, and rerunning a finished run only rewrites its summary.
 
 from __future__ import annotations
 
-import json
-
 from launch import cli
 from trainlab.training import grpo
 
@@ -21,7 +19,7 @@ from trainlab.training import grpo
 def main(argv: list[str]) -> int:
   command = cli.parse(argv, "rl.py", "launch.rl", __doc__)
   workdir, summary = cli.run_training(grpo.train, command, "rl")
-  print(json.dumps({"workdir": str(workdir), **summary}, indent=2))
+  cli.print_result({"workdir": str(workdir), **summary})
   return 0
 
 

@@ -22,8 +22,10 @@ import pytest
 from trainlab.data import arithmetic
 from experiments import rl
 from trainlab.algorithms import allocator_study, grpo
+from trainlab.errors import UsageError
 from trainlab.training import grpo as grpo_training
 from trainlab.training import preemption
+from trainlab.training import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -340,3 +342,10 @@ def test_a_signal_during_the_warm_start_stops_it_as_a_preemption():
   with pytest.raises(preemption.Preempted) as stopped:
     trainer.warm_start(trainer.init_state(), stop=lambda: signal.SIGTERM)
   assert stopped.value.signum == signal.SIGTERM and "during the warm start" in str(stopped.value)
+
+
+def test_a_second_trainer_on_a_locked_workdir_is_a_usage_error_and_touches_nothing(tmp_path):
+  with workdir_lib.hold(tmp_path / "run"):
+    with pytest.raises(UsageError, match=f"in use by pid {os.getpid()}"):
+      grpo_training.train(rl.get_config("size=test"), tmp_path / "run", progress=False)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["lock"]

@@ -53,6 +53,7 @@ from trainlab.models import GPT
 from trainlab.training import checkpoint as checkpoint_lib
 from trainlab.training import metrics as metrics_lib
 from trainlab.training import preemption, rundir, sharding
+from trainlab.training import workdir as workdir_lib
 from trainlab.training.run import (integer, positive_number, schedule_from_config,
                                    update_rule_from_config)
 from trainlab.training.state import TrainState
@@ -291,13 +292,20 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True,
           warm_starts: WarmStarts | None = None) -> dict[str, Any]:
   """Warm-starts (or resumes from `workdir/checkpoints`), then runs GRPO to
   `config.total_steps`; writes metrics.jsonl, rollouts.jsonl and summary.json to `workdir`
-  and returns the summary. `warm_starts` (a dict the caller keeps) shares warm-start results
-  between runs of the same seed, task and model. SIGTERM/SIGINT save the step reached and raise
-  `preemption.Preempted`. `progress` prints a line per logged step to stderr."""
-  start_time = time.time()
+  and returns the summary. The workdir is locked for the whole run (`training.workdir`).
+  `warm_starts` (a dict the caller keeps) shares warm-start results between runs of the same
+  seed, task and model. SIGTERM/SIGINT save the step reached and raise `preemption.Preempted`.
+  `progress` prints a line per logged step to stderr."""
+  workdir_lib.check_usable(workdir)
   trainer = GRPOTrainer(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.hold(workdir) as held:
+    return _train(trainer, held, progress, warm_starts)
+
+
+def _train(trainer: GRPOTrainer, workdir: pathlib.Path, progress: bool,
+           warm_starts: WarmStarts | None) -> dict[str, Any]:
+  start_time = time.time()
+  config = trainer.config
   say = functools.partial(print, file=sys.stderr, flush=True) if progress else lambda *_: None
   checkpoints = checkpoint_lib.Checkpoints(workdir, every_steps=config.checkpoint.every_steps,
                                            keep=config.checkpoint.keep)
@@ -306,6 +314,8 @@ def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True,
     try:
       restored = checkpoints.restore_latest(trainer.abstract_checkpoint())
       start = -1 if restored is None else int(restored["train"].step)
+      if start < config.total_steps:  # a run in progress has no summary
+        (workdir / "summary.json").unlink(missing_ok=True)
       for name in (METRICS, ROLLOUTS):
         rundir.drop_records_after(workdir / name, start)
       rundir.write_json(workdir / "config.json", rundir.as_json(config))
