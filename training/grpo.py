@@ -447,8 +447,9 @@ def _rl_steps(trainer: GRPOTrainer, state: TrainState, history: rh.RewardHistory
 def _summary(trainer: GRPOTrainer, workdir: pathlib.Path, state: TrainState, sft_loss: float,
              wall_time_s: float) -> dict[str, Any]:
   """The run's summary, from its logs and final parameters (the same after any resume)."""
-  records = [r for r in _read_jsonl(workdir / METRICS) if r["step"] >= 1]
-  evaluated = [r for r in _read_jsonl(workdir / METRICS) if "heldout_pass_rate" in r]
+  logged = _read_jsonl(workdir / METRICS)
+  records = [r for r in logged if r["step"] >= 1]
+  evaluated = [r for r in logged if "heldout_pass_rate" in r]
   largest: list[tuple[int, float | None, str]] = []
   for line in _read_jsonl(workdir / ROLLOUTS):
     counts_M = np.array(line["rollouts"])
