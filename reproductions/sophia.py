@@ -27,6 +27,7 @@ LRS = (1e-3, 2e-3, 4e-3, 8e-3)  # 2x apart, both arms; extended automatically at
 RHOS = (0.01, 0.02, 0.04, 0.08)  # the pilot's; the official GPT-2 values are 0.03-0.08
 PILOT_LR, PILOT_STEPS = 3e-3, 3000
 WIN_BAND = (0.1, 0.5)  # the official README's healthy win rate
+RHO_EXTENSIONS = 2  # 2x steps the rho grid may grow by when no pilot win rate is in the band
 MARGIN = 0.01  # nats/byte: "matches" means within this, stated before the runs
 B2, K = 0.99, 10  # SophiaG's Hessian EMA decay and refresh interval (official defaults)
 TUNE_SEEDS, SEEDS = (0, 1), (0, 1, 2)
@@ -102,11 +103,33 @@ def choose_rho(setup: Setup, pilot: dict[float, dict[str, Any]]) -> tuple[float,
   """The rho whose pilot win rate lies in WIN_BAND with the lowest pilot validation loss; if
   none does, the one nearest the band (in log distance), flagged False."""
   wins = {rho: late_win_rate(r, setup.pilot_window_start)[0] for rho, r in pilot.items()}
-  in_band = [rho for rho in setup.rhos if WIN_BAND[0] <= wins[rho] <= WIN_BAND[1]]
+  in_band = [rho for rho in sorted(pilot) if WIN_BAND[0] <= wins[rho] <= WIN_BAND[1]]
   if in_band:
     return min(in_band, key=lambda rho: pilot[rho]["summary"]["final_eval_loss"]), True
   distance = lambda w: max(math.log(WIN_BAND[0] / w), math.log(w / WIN_BAND[1]), 0.0)
-  return min(setup.rhos, key=lambda rho: distance(max(wins[rho], 1e-9))), False
+  return min(sorted(pilot), key=lambda rho: distance(max(wins[rho], 1e-9))), False
+
+
+def run_pilot(ctx: Context, setup: Setup) -> dict[float, dict[str, Any]]:
+  """The pilot runs, one per rho; when every win rate lies on the same side of the band, the
+  grid grows by one 2x step towards it and trains again (at most RHO_EXTENSIONS times)."""
+  rhos = list(setup.rhos)
+  for round_ in range(RHO_EXTENSIONS + 1):
+    specs = {rho: RunSpec(f"pilot_rho{rho:g}_s0",
+                          _config(setup, "sophia", PILOT_LR, 0, setup.pilot_steps, rho),
+                          meta=dict(arm="pilot", rho=rho, lr=PILOT_LR, seed=0)) for rho in rhos}
+    records = ctx.run(list(specs.values()))
+    pilot = {rho: records[spec.name] for rho, spec in specs.items()}
+    wins = [late_win_rate(r, setup.pilot_window_start)[0] for r in pilot.values()]
+    if setup.quick or round_ == RHO_EXTENSIONS:
+      break
+    if all(w < WIN_BAND[0] for w in wins):
+      rhos.append(rhos[-1] * 2)  # a larger rho clips less: a higher win rate
+    elif all(w > WIN_BAND[1] for w in wins):
+      rhos.insert(0, rhos[0] / 2)
+    else:
+      break
+  return pilot
 
 
 def _test(record: dict[str, Any]) -> float:
@@ -142,12 +165,7 @@ def run(ctx: Context) -> None:
   T = setup.steps
 
   # 1. rho: a pilot per rho (seed 0, PILOT_LR), fixed before any other Sophia run.
-  pilot_specs = {rho: RunSpec(f"pilot_rho{rho:g}_s0",
-                              _config(setup, "sophia", PILOT_LR, 0, setup.pilot_steps, rho),
-                              meta=dict(arm="pilot", rho=rho, lr=PILOT_LR, seed=0))
-                 for rho in setup.rhos}
-  pilot_records = ctx.run(list(pilot_specs.values()))
-  pilot = {rho: pilot_records[spec.name] for rho, spec in pilot_specs.items()}
+  pilot = run_pilot(ctx, setup)
   rho, rho_in_band = choose_rho(setup, pilot)
 
   # 2. Learning rates at T, on validation, TUNE_SEEDS per rate; both arms in one sweep.
@@ -198,7 +216,7 @@ def run(ctx: Context) -> None:
   pilot_rows = [[f"{r:g}" + (" (chosen)" if r == rho else ""),
                  "{:.3f} (min {:.3f}, max {:.3f})".format(
                      *late_win_rate(pilot[r], setup.pilot_window_start)),
-                 f"{_val(pilot[r]):.4f}"] for r in setup.rhos]
+                 f"{_val(pilot[r]):.4f}"] for r in sorted(pilot)]
   grid_rows = [["AdamW (T)", tuned["adamw_T"].row()],
                [f"Sophia-G (T, rho {rho:g})", tuned["sophia-g_T"].row()]]
   if tuned_2T is not None:
