@@ -3,8 +3,9 @@
 
 With no flags it trains the embedded default (`experiments/lm.py`, size `tiny`): a small GPT
 on the standard library's source, about a minute on 2 CPU cores. Without `--workdir` the run
-folder is `runs/train-<config>-<hash of the resolved config>`: rerunning the same command after
-an interruption continues the same run.
+folder is `runs/train-<config>-<hash of the resolved config>` (`runs/` is `$TRAINLAB_RUNS_DIR`
+when set): rerunning the same command after an interruption continues the same run, and a run
+of another config goes to another folder. The folder is locked while a run uses it.
 """
 
 from __future__ import annotations
