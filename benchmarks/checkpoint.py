@@ -10,6 +10,11 @@ written and fsync'd) and read (read back at once, so from the page cache like Or
 in this run). Goals (issue 3): the blocking part of a save costs <= 10% of one training step
 of the default GPT; restore within 2x of the disk's read time. The stall is the mean step
 time while an async save is in flight over the mean step time without one.
+
+Checksums (issue 14): each rep saves and restores once with and once without them
+(`Checkpoints(checksums=False)`), alternating which goes first; the save-side cost is in the
+whole async save (process 0 hashes in Orbax's background thread), the restore-side cost in the
+restore. The two checksum passes are also timed alone on the folder just written.
 """
 
 from __future__ import annotations
@@ -91,39 +96,59 @@ def main() -> None:
   step_s = statistics.median(base)
 
   root = pathlib.Path(tempfile.mkdtemp(prefix="ckpt_bench_", dir=args.dir))
-  disk_w, disk_r, block, whole, restore, stall = [], [], [], [], [], []
+  disk_w, disk_r, stall = [], [], []
+  block, whole, restore = ({False: [], True: []} for _ in range(3))
+  hash_write, hash_check = [], []
   meta = checkpoint.run_metadata(config)
   for rep in range(args.reps):
     w, r = _disk(root, nbytes)
     disk_w.append(w)
     disk_r.append(r)
-    ckpts = checkpoint.Checkpoints(root / f"rep{rep}", keep=1)
-    step = int(state.step)
-    start = time.perf_counter()
-    ckpts.save(step, state, meta)
-    block.append(time.perf_counter() - start)
-    state, during = _step_times(trainer, state, 50, step, during=ckpts.saving)
-    ckpts.wait()
-    whole.append(time.perf_counter() - start)
-    stall.append(statistics.mean(during) / step_s)
-    start = time.perf_counter()
-    restored = ckpts.restore(step, trainer.abstract_state)
-    jax.block_until_ready(restored)
-    restore.append(time.perf_counter() - start)
-    ckpts.close()
-    del restored
+    for checksums in (rep % 2 == 1, rep % 2 == 0):  # alternate which goes first
+      ckpts = checkpoint.Checkpoints(root / f"rep{rep}-{checksums}", keep=1, checksums=checksums)
+      step = int(state.step)
+      start = time.perf_counter()
+      ckpts.save(step, state, meta)
+      block[checksums].append(time.perf_counter() - start)
+      state, during = _step_times(trainer, state, 50, step, during=ckpts.saving)
+      ckpts.wait()
+      whole[checksums].append(time.perf_counter() - start)
+      if checksums:
+        stall.append(statistics.mean(during) / step_s)
+      start = time.perf_counter()
+      restored = ckpts.restore(step, trainer.abstract_state)
+      jax.block_until_ready(restored)
+      restore[checksums].append(time.perf_counter() - start)
+      ckpts.close()
+      del restored
+      if checksums:  # the checksum passes alone, on the folder just written (page cache)
+        step_dir = ckpts.directory / str(step)
+        start = time.perf_counter()
+        checkpoint.write_checksums(step_dir)
+        hash_write.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        checkpoint.verify_checksums(step_dir)
+        hash_check.append(time.perf_counter() - start)
 
   med = statistics.median
   mb = nbytes / 1e6
   rows = [
       ("disk sequential write (anchor)", med(disk_w) / 1e6, nbytes / med(disk_w), ""),
       ("disk sequential read (anchor)", med(disk_r) / 1e6, nbytes / med(disk_r), ""),
-      ("save, blocking part", nbytes / med(block) / 1e6, med(block),
-       f"{med(block) / step_s:.1%} of a step (goal <= 10%)"),
-      ("save, whole async", nbytes / med(whole) / 1e6, med(whole),
-       f"{med(disk_w) / (nbytes / med(whole)):.2f}x disk write time"),
-      ("restore", nbytes / med(restore) / 1e6, med(restore),
-       f"{med(restore) / (nbytes / med(disk_r)):.2f}x disk read time (goal <= 2x)"),
+      ("save, blocking part", nbytes / med(block[True]) / 1e6, med(block[True]),
+       f"{med(block[True]) / step_s:.1%} of a step (goal <= 10%)"),
+      ("save, whole async, no checksums", nbytes / med(whole[False]) / 1e6, med(whole[False]),
+       f"{med(disk_w) / (nbytes / med(whole[False])):.2f}x disk write time"),
+      ("save, whole async, with checksums", nbytes / med(whole[True]) / 1e6, med(whole[True]),
+       f"{med(whole[True]) / med(whole[False]):.2f}x without"),
+      ("restore, unchecked", nbytes / med(restore[False]) / 1e6, med(restore[False]),
+       f"{med(restore[False]) / (nbytes / med(disk_r)):.2f}x disk read time (goal <= 2x)"),
+      ("restore, checksums verified", nbytes / med(restore[True]) / 1e6, med(restore[True]),
+       f"{med(restore[True]) / med(restore[False]):.2f}x unchecked"),
+      ("checksums alone: hash the step (save side)", nbytes / med(hash_write) / 1e6,
+       med(hash_write), ""),
+      ("checksums alone: verify the step (restore side)", nbytes / med(hash_check) / 1e6,
+       med(hash_check), ""),
   ]
   print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, jax {jax.__version__} "
@@ -135,6 +160,7 @@ def main() -> None:
   for name, rate, seconds, note in rows:
     print(f"| {name} | {rate:.0f} | {seconds:.4f} | {note} |")
   print(f"| step time while a save is in flight | | | {med(stall):.2f}x a normal step |")
+  print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
