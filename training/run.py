@@ -45,6 +45,7 @@ class CheckpointSettings:
   branch_from: str = ""
   branch_step: int = -1
   init_from: str = ""
+  init_step: int = -1  # which of init_from's steps (-1: its newest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _checkpoint_settings(c: Any) -> CheckpointSettings:
       every_steps=integer(c, "every_steps", 0, 0), keep=integer(c, "keep", 1, 2),
       keep_every=integer(c, "keep_every", 0, 0), resume_from=c.get("resume_from", ""),
       branch_from=c.get("branch_from", ""), branch_step=c.get("branch_step", -1),
-      init_from=c.get("init_from", ""))
+      init_from=c.get("init_from", ""), init_step=c.get("init_step", -1))
   sources = [k for k in ("resume_from", "branch_from", "init_from") if getattr(settings, k)]
   if len(sources) > 1:
     raise UsageError(f"checkpoint.{sources[0]} and checkpoint.{sources[1]} are both set; "
@@ -207,8 +208,10 @@ def update_rule_from_config(config: Any, schedule: optax.Schedule,
   return support.guard(tx), support
 
 
-def build_run(config: Any, devices: list[jax.Device] | None = None) -> Run:
-  """Builds `config` for `devices` (default: all), raising `UsageError` on the first bad key."""
+def build_run(config: Any, devices: list[jax.Device] | None = None,
+              dataset: Dataset | None = None) -> Run:
+  """Builds `config` for `devices` (default: all), raising `UsageError` on the first bad key;
+  `dataset` stands in for `config.data` (an ahead-of-time compile needs only its shapes)."""
   seed = integer(config, "seed", 0)
   total_steps = integer(config, "total_steps", 1)
   batch_size = integer(config, "batch_size", 1)
@@ -225,7 +228,7 @@ def build_run(config: Any, devices: list[jax.Device] | None = None) -> Run:
                      f"(devices) x optimizer.accumulation_steps={accumulation}; use a multiple "
                      f"of {shards * accumulation}")
   learning_rate = positive_number("optimizer.learning_rate", config.optimizer.learning_rate)
-  dataset = _dataset(config, batch_size, seed)
+  dataset = dataset or _dataset(config, batch_size, seed)
   model, variables = _model(config, dataset, seed)
   loss_chunk = integer(config, "loss.chunk_size", 0, 0)
   if loss_chunk and not hasattr(model, "unembedding_DxV"):
