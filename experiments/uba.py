@@ -5,6 +5,7 @@ cell of `reproductions/uba.py` (Fashion-MNIST, 10,000 training images held out a
 batch 128, AdamW from `experiments/image.py`, no warmup). `schedule=` is one of `SCHEDULES`;
 every decaying schedule ends at 0 at the budget. `epochs` may be fractional: the budget is
 `round(epochs * 390)` steps (390 batches of 128 make one epoch of the 50,000 kept images).
+`model=cnn,width=8` is the CNN with channels (8, 16) (the default width 16: (16, 32)).
 
 `model=wsd-124m` (or another `experiments/scale.py` model) is the paper-scale version: that
 model and slice with its warmup, then `schedule` over the rest of its steps (times `budget`,
@@ -51,10 +52,12 @@ def schedule_block(schedule: str, steps: int, phi: float, warmup: int = 0,
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, model="mlp", schedule="cosine", phi=2.0, epochs=1.0, lr=0.002,
-                          seed=0, data="fashion-mnist", budget=1.0)
+                          seed=0, data="fashion-mnist", budget=1.0, width=16)
   if args.model not in ("mlp", "cnn"):
     return _scale_config(args)
   config = image.get_config(f"model={args.model},data={args.data},epochs=1")
+  if args.model == "cnn":
+    config.model.channels = (args.width, 2 * args.width)  # width=8: the half-width CNN
   holdout = HOLDOUT if args.data == "fashion-mnist" else 300
   config.data.holdout = holdout
   steps_per_epoch = (image.TRAIN_EXAMPLES[args.data] - holdout) // config.batch_size

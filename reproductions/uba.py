@@ -38,26 +38,26 @@ PHIS = (0.5, 1.0, 5.0)  # phi = 2 is cosine bit for bit (checked on the page): `
 UBA = tuple(f"uba phi={phi:g}" for phi in PHIS)
 LRS = (1e-3, 2e-3, 4e-3)  # 2x apart; extended by 2x steps until the choice is inside
 EPOCHS = (1, 3, 10)
+CNN_LRS = (8e-3, 1.6e-2, 3.2e-2)  # the CNN's optimum lies ~4x higher (the previous page)
+CNN_EPOCHS = (0.5,)
 MARGIN = 0.003  # test accuracy: "matches" means within 0.3 points, stated before the runs
 RUNS_PER_PROCESS = 6
 
 
 @dataclasses.dataclass(frozen=True)
-class Setup:
-  """What one page trains; `--quick` shrinks it to a smoke test."""
-  model: str
+class Study:
+  """One model's part of the page: its budgets, schedules, starting grid and seeds."""
+  model: str  # "mlp" or "cnn"
   data: str
   epochs: tuple[float, ...]
   arms: tuple[str, ...]
   lrs: tuple[float, ...]
   seeds: tuple[int, ...]
+  width: int = 16  # the CNN's channels are (width, 2 width)
 
-  @classmethod
-  def of(cls, ctx: Context) -> "Setup":
-    if ctx.quick:
-      return cls("mlp", "digits", (0.3, 0.6), ("cosine", "uba phi=0.5"), (3e-3,), (0,))
-    return cls("mlp", "fashion-mnist", EPOCHS, (*COMMON, *UBA), LRS,
-               tuple(range(ctx.num_seeds(3))))
+  @property
+  def label(self) -> str:
+    return self.model.upper() if self.model == "mlp" else f"CNN ({self.width}, {2 * self.width})"
 
   @property
   def tune_seeds(self) -> tuple[int, ...]:
@@ -70,13 +70,27 @@ class Setup:
     schedule, _, phi = arm.partition(" phi=")
     return uba_config.get_config(
         f"model={self.model},data={self.data},schedule={schedule},phi={phi or 2},"
-        f"epochs={epochs},lr={lr},seed={seed}")
+        f"epochs={epochs},lr={lr},seed={seed},width={self.width}")
 
   def spec(self, arm: str, epochs: float, lr: float, seed: int) -> RunSpec:
     config = self.config(arm, epochs, lr, seed)
     slug = arm.replace(" phi=", "_phi")
-    return RunSpec(f"{self.model}_T{config.total_steps}_{slug}_lr{lr:g}_s{seed}", config,
-                   meta=dict(arm=arm, steps=config.total_steps, lr=lr, seed=seed))
+    prefix = self.model if self.model == "mlp" else f"cnn{self.width}"
+    return RunSpec(f"{prefix}_T{config.total_steps}_{slug}_lr{lr:g}_s{seed}", config,
+                   meta=dict(model=self.label, arm=arm, steps=config.total_steps, lr=lr,
+                             seed=seed))
+
+
+def studies(ctx: Context) -> list[Study]:
+  """The MLP at 1, 3 and 10 epochs; the half-width CNN (~9x the MLP's step) at half an epoch."""
+  arms = (*COMMON, *UBA)
+  if ctx.quick:
+    few = ("cosine", "uba phi=0.5")
+    return [Study("mlp", "digits", (0.3, 0.6), few, (3e-3,), (0,)),
+            Study("cnn", "digits", (0.3,), few, (1e-2,), (0,), width=4)]
+  seeds = tuple(range(ctx.num_seeds(3)))
+  return [Study("mlp", "fashion-mnist", EPOCHS, arms, LRS, seeds),
+          Study("cnn", "fashion-mnist", CNN_EPOCHS, arms, CNN_LRS, seeds, width=8)]
 
 
 # -- records: the run's numbers and which test images its final parameters got right ------------
@@ -176,53 +190,102 @@ def compare(a: str, b: str, ra: list[dict[str, Any]], rb: list[dict[str, Any]]) 
 
 # -- the page ---------------------------------------------------------------------------------
 
-def phi2_check(setup: Setup, lrs: list[float]) -> str:
-  """UBA at phi = 2 against `warmup_cosine`, at every step of every budget and chosen rate."""
+def phi2_check(parts: list[Study], lrs: list[float]) -> str:
+  """UBA at phi = 2 against `warmup_cosine`, at every step of every budget and rate."""
   differ = total = 0
-  for epochs in setup.epochs:
-    T = setup.steps(epochs)
+  budgets = sorted({study.steps(e) for study in parts for e in study.epochs})
+  for T in budgets:
     grid = jnp.arange(T + 1)
     for lr in sorted(set(lrs)):
       cosine = np.asarray(jax.vmap(schedules.build_schedule("warmup_cosine", lr, T))(grid))
       uba = np.asarray(jax.vmap(schedules.build_schedule("uba", lr, T, phi=2.0))(grid))
       differ += int((cosine != uba).sum())
       total += T + 1
-  return (f"the two float32 schedules differ at {differ} of {total} steps (every step of every "
-          f"budget, at each of the {len(set(lrs))} rates chosen or tried)")
+  return (f"the two float32 schedules differ at {differ} of {total} steps: every step of the "
+          f"budgets {', '.join(map(str, budgets))} at each of the {len(set(lrs))} rates tried")
 
 
-def _plot(ctx: Context, setup: Setup, cells: dict, budgets: list[int], picks: dict) -> str:
-  fig, (ax_s, ax_a, ax_d) = plt.subplots(1, 3, figsize=(16, 4.4))
+@dataclasses.dataclass
+class Results:
+  """One study's tuned cells and comparisons, budget by budget."""
+  study: Study
+  budgets: list[int]
+  tuned: dict[tuple[int, str], Any]
+  cells: dict[tuple[int, str], list[dict[str, Any]]]
+  picks: dict[int, Comparison]  # best UBA - best common
+  versus_cosine: dict[int, Comparison]  # best UBA - cosine, where cosine was not the best
+
+  def val(self, T: int, arm: str) -> float:
+    return float(np.mean([_val(r) for r in self.cells[T, arm]]))
+
+  def best(self, T: int, arms: tuple[str, ...]) -> str:
+    return max((a for a in self.study.arms if a in arms), key=lambda a: self.val(T, a))
+
+  def budget(self, T: int) -> str:
+    epochs = dict(zip(self.budgets, self.study.epochs))[T]
+    return f"{self.study.label}, T={T} ({epochs:g} ep.)"
+
+
+def train_study(ctx: Context, study: Study) -> Results:
+  """Tunes every (budget, schedule) on validation, then trains the reported seeds."""
+  budgets = [study.steps(e) for e in study.epochs]
+  by_steps = dict(zip(budgets, study.epochs))
+
+  def maker(arm: str, epochs: float):
+    return lambda lr, seed: study.spec(arm, epochs, lr, seed)
+
+  tuned = ctx.tune({(T, arm): (maker(arm, by_steps[T]), study.lrs)
+                    for T in budgets for arm in study.arms},
+                   seeds=study.tune_seeds, score=lambda r: -_val(r), record_fn=record,
+                   runs_per_process=RUNS_PER_PROCESS)
+  finals = {key: [maker(key[1], by_steps[key[0]])(tuned[key].best, s) for s in study.seeds]
+            for key in tuned}
+  records = ctx.run([s for specs in finals.values() for s in specs], record, RUNS_PER_PROCESS)
+  cells = {key: [records[s.name] for s in specs] for key, specs in finals.items()}
+  results = Results(study, budgets, tuned, cells, {}, {})
+  for T in budgets:
+    best_common, best_uba = results.best(T, COMMON), results.best(T, UBA)
+    results.picks[T] = compare(best_uba, best_common, cells[T, best_uba], cells[T, best_common])
+    if "cosine" in study.arms and best_common != "cosine":
+      results.versus_cosine[T] = compare(best_uba, "cosine", cells[T, best_uba],
+                                         cells[T, "cosine"])
+  return results
+
+
+def _plot(ctx: Context, parts: list[Results]) -> str:
+  fig, (ax_s, ax_a, ax_d) = plt.subplots(1, 3, figsize=(16, 4.6))
+  arms = parts[0].study.arms
+  colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(arms)}
+  style = lambda arm: dict(color=colors[arm], ls="-" if arm.startswith("uba") else "--")
   T = 1000
   grid = np.arange(T + 1)
-  colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(setup.arms)}
-  for arm in setup.arms:
-    config = setup.config(arm, 1, 1.0, 0)
+  for arm in arms:
+    config = parts[0].study.config(arm, 1, 1.0, 0)
     kwargs = {k: v for k, v in config.schedule.to_dict().items() if k != "name"}
     if "decay_steps" in kwargs:
       kwargs["decay_steps"] = int(0.2 * T)
     lr = jax.vmap(schedules.build_schedule(config.schedule.name, 1.0, T, **kwargs))(grid)
-    ax_s.plot(grid / T, np.asarray(lr), color=colors[arm], lw=1.3,
-              ls="-" if arm.startswith("uba") else "--", label=arm)
+    ax_s.plot(grid / T, np.asarray(lr), lw=1.3, label=arm, **style(arm))
   ax_s.set(xlabel="t / T", ylabel="learning rate / peak", title="the schedules (phi = 2: cosine)")
-  for arm in setup.arms:
-    acc = np.array([[_test(r) for r in cells[b, arm]] for b in budgets])
-    ax_a.errorbar(budgets, acc.mean(1), yerr=acc.std(1, ddof=1) if acc.shape[1] > 1 else None,
-                  color=colors[arm], capsize=2, marker="o" if arm.startswith("uba") else "s",
-                  ms=4, lw=1.2, ls="-" if arm.startswith("uba") else "--", label=arm)
+  first = parts[0]
+  for arm in arms:
+    acc = np.array([[_test(r) for r in first.cells[b, arm]] for b in first.budgets])
+    ax_a.errorbar(first.budgets, acc.mean(1), capsize=2, ms=4, lw=1.2, label=arm,
+                  yerr=acc.std(1, ddof=1) if acc.shape[1] > 1 else None,
+                  marker="o" if arm.startswith("uba") else "s", **style(arm))
   ax_a.set(xscale="log", xlabel="budget T (steps of 128 images)", ylabel="test accuracy",
-           title=f"tuned per budget, mean ± std over {len(setup.seeds)} seed(s)")
-  ax_a.set_xticks(budgets, [str(b) for b in budgets])
+           title=f"{first.study.label}: each tuned per budget (mean ± std over seeds)")
+  ax_a.set_xticks(first.budgets, [str(b) for b in first.budgets])
   ax_a.minorticks_off()
-  d = [picks[b].diff.mean for b in budgets]
-  ax_d.errorbar(budgets, d, yerr=[2 * picks[b].se for b in budgets], fmt="o", color="C3",
-                capsize=3, label="best UBA - best common (± 2 SE, seeds and test set)")
+  points = [(res.budget(T), res.picks[T]) for res in parts for T in res.budgets]
+  x = np.arange(len(points))
+  ax_d.errorbar(x, [c.diff.mean for _, c in points], yerr=[2 * c.se for _, c in points],
+                fmt="o", color="C3", capsize=3, label="best UBA - best common (± 2 SE)")
   ax_d.axhspan(-MARGIN, MARGIN, color="0.85", label=f"margin ± {MARGIN}")
   ax_d.axhline(0, color="0.3", lw=0.8)
-  ax_d.set(xscale="log", xlabel="budget T (steps)", ylabel="test accuracy difference",
-           title="the verdict's difference")
-  ax_d.set_xticks(budgets, [str(b) for b in budgets])
-  ax_d.minorticks_off()
+  ax_d.set_xticks(x, [label.replace(", ", "\n", 1) for label, _ in points], fontsize=7)
+  ax_d.set(ylabel="test accuracy difference", title="the verdict's difference (SE: seeds and "
+           "test set)")
   for ax in (ax_s, ax_a, ax_d):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -235,85 +298,80 @@ def _grid_cell(tuning) -> str:
   return " · ".join(cells) + ("" if tuning.inside else " (edge: not inside the grid)")
 
 
-def run(ctx: Context) -> None:
-  setup = Setup.of(ctx)
-  budgets = [setup.steps(e) for e in setup.epochs]
-  by_steps = dict(zip(budgets, setup.epochs))
+COMPARISON_HEADER = ["budget", "A - B (test accuracy)", "paired difference ± SE (seeds)",
+                     "test-set SE of the difference", "combined SE", "verdict"]
 
-  def maker(arm: str, epochs: float):
-    return lambda lr, seed: setup.spec(arm, epochs, lr, seed)
 
-  tuned = ctx.tune({(T, arm): (maker(arm, by_steps[T]), setup.lrs)
-                    for T in budgets for arm in setup.arms},
-                   seeds=setup.tune_seeds, score=lambda r: -_val(r), record_fn=record,
-                   runs_per_process=RUNS_PER_PROCESS)
-  finals = {key: [maker(key[1], by_steps[key[0]])(tuned[key].best, s) for s in setup.seeds]
-            for key in tuned}
-  records = ctx.run([s for specs in finals.values() for s in specs], record,
-                    RUNS_PER_PROCESS)
-  cells = {key: [records[s.name] for s in specs] for key, specs in finals.items()}
+def _comparison_row(where: str, c: Comparison) -> list[str]:
+  return [where, f"{c.a} - {c.b}", str(c.diff), f"{c.eval_se:.4f}", f"{c.se:.4f}",
+          f"**{c.verdict}**"]
 
-  common = [a for a in setup.arms if a in COMMON]
-  ubas = [a for a in setup.arms if a in UBA]
-  val = {key: float(np.mean([_val(r) for r in rs])) for key, rs in cells.items()}
-  picks, cosine_rows, arm_rows = {}, [], []
-  for T in budgets:
-    best_common = max(common, key=lambda a, T=T: val[T, a])
-    best_uba = max(ubas, key=lambda a, T=T: val[T, a])
-    picks[T] = compare(best_uba, best_common, cells[T, best_uba], cells[T, best_common])
-    if "cosine" in common and best_common != "cosine":
-      cosine_rows.append((T, compare(best_uba, "cosine", cells[T, best_uba], cells[T, "cosine"])))
-    for arm in setup.arms:
-      rs = cells[T, arm]
+
+def _arm_rows(res: Results) -> list[list[str]]:
+  rows = []
+  for T in res.budgets:
+    best_common, best_uba = res.best(T, COMMON), res.best(T, UBA)
+    for arm in res.study.arms:
+      rs = res.cells[T, arm]
       tests = [_test(r) for r in rs]
       mark = " (best common)" if arm == best_common else " (best UBA)" if arm == best_uba else ""
-      arm_rows.append([f"{T} ({by_steps[T]:g} ep.)", arm + mark, f"{tuned[T, arm].best:g}",
-                       f"{val[T, arm]:.4f}", mean_std(tests),
-                       f"{np.mean([binomial_se(p, rs[0]['test_examples']) for p in tests]):.4f}"])
+      eval_se = np.mean([binomial_se(p, rs[0]["test_examples"]) for p in tests])
+      rows.append([res.budget(T), arm + mark, f"{res.tuned[T, arm].best:g}",
+                   f"{res.val(T, arm):.4f}", mean_std(tests), f"{eval_se:.4f}"])
+  return rows
 
-  def comparison_row(T: int, c: Comparison) -> list[str]:
-    return [f"{T} ({by_steps[T]:g} ep.)", f"{c.a} - {c.b}", str(c.diff), f"{c.eval_se:.4f}",
-            f"{c.se:.4f}", f"**{c.verdict}**"]
 
-  comparison_header = ["budget T (epochs)", "A - B (test accuracy)",
-                       "paired difference ± SE (seeds)", "test-set SE of the difference",
-                       "combined SE", "verdict"]
-  verdicts = [picks[T].verdict for T in budgets]
-  counts = ", ".join(f"{word} at {verdicts.count(word)}" for word in
-                     ("beats", "matches", "trails", "inconclusive") if word in verdicts)
-  claim = (f"{'supported' if verdicts.count('beats') == len(budgets) else 'not supported'}"
-           f" (it needs *beats* at every budget; UBA {counts} of {len(budgets)})")
+def run(ctx: Context) -> None:
+  parts = [train_study(ctx, study) for study in studies(ctx)]
+  mlp = parts[0]
+  verdicts = {(res.study.label, T): res.picks[T].verdict for res in parts for T in res.budgets}
+  mlp_verdicts = [mlp.picks[T].verdict for T in mlp.budgets]
+  counts = ", ".join(f"{word} at {mlp_verdicts.count(word)}" for word in
+                     ("beats", "matches", "trails", "inconclusive") if word in mlp_verdicts)
+  claim = (f"{'supported' if mlp_verdicts.count('beats') == len(mlp.budgets) else 'not supported'}"
+           f" on the MLP (it needs *beats* at every budget; UBA {counts} of {len(mlp.budgets)})")
+  cosine_rows = [_comparison_row(res.budget(T), c) for res in parts
+                 for T, c in res.versus_cosine.items()]
   all_records = ctx.records()
-  first = next(iter(cells.values()))[0]
+  first = mlp.cells[mlp.budgets[0], mlp.study.arms[0]][0]
+  cnn = parts[1] if len(parts) > 1 else None
   ctx.write_page({
-      "model": setup.model.upper(), "data": setup.data,
-      "params": f"{first['summary']['num_params']:,}",
-      "budgets": ", ".join(f"{T} ({by_steps[T]:g} epochs)" for T in budgets),
-      "lrs": ", ".join(f"{v:g}" for v in setup.lrs), "margin": MARGIN,
-      "seeds": len(setup.seeds), "tune_seeds": len(setup.tune_seeds),
+      "data": mlp.study.data, "params": f"{first['summary']['num_params']:,}",
+      "cnn_params": f"{cnn.cells[cnn.budgets[0], cnn.study.arms[0]][0]['summary']['num_params']:,}"
+      if cnn else "-",
+      "budgets": ", ".join(f"{T} ({e:g} epochs)" for T, e in zip(mlp.budgets, mlp.study.epochs)),
+      "cnn_budgets": ", ".join(f"{T} ({e:g} epochs)" for T, e in zip(cnn.budgets, cnn.study.epochs))
+      if cnn else "-",
+      "lrs": ", ".join(f"{v:g}" for v in mlp.study.lrs),
+      "cnn_lrs": ", ".join(f"{v:g}" for v in cnn.study.lrs) if cnn else "-",
+      "margin": MARGIN, "seeds": len(mlp.study.seeds), "tune_seeds": len(mlp.study.tune_seeds),
       "test_examples": f"{first['test_examples']:,}",
       "binomial_se": f"{binomial_se(0.89, first['test_examples']):.4f}",
       "inside": "every choice lies strictly inside its grid" if all(
-          t.inside for t in tuned.values()) else "NOT every choice lies inside its grid: "
-      + ", ".join(f"{a} at T={T}" for (T, a), t in tuned.items() if not t.inside),
+          t.inside for res in parts for t in res.tuned.values())
+      else "NOT every choice lies inside its grid: " + ", ".join(
+          f"{a} at {res.budget(T)}" for res in parts for (T, a), t in res.tuned.items()
+          if not t.inside),
       "grid_table": markdown_table(
-          ["budget T", "schedule", "peak learning rate: mean validation accuracy "
-           f"({len(setup.tune_seeds)} seeds; choice in bold)"],
-          [[str(T), arm, _grid_cell(tuned[T, arm])] for T in budgets for arm in setup.arms]),
+          ["budget", "schedule", "peak learning rate: mean validation accuracy "
+           f"({len(mlp.study.tune_seeds)} seeds; choice in bold)"],
+          [[res.budget(T), arm, _grid_cell(res.tuned[T, arm])] for res in parts
+           for T in res.budgets for arm in res.study.arms]),
       "arm_table": markdown_table(
-          ["budget T", "schedule", "lr", f"validation acc. (mean of {len(setup.seeds)})",
-           "test accuracy (mean ± std)", "binomial SE of one run"], arm_rows),
-      "main_table": markdown_table(comparison_header,
-                                   [comparison_row(T, picks[T]) for T in budgets]),
-      "cosine_table": markdown_table(comparison_header,
-                                     [comparison_row(T, c) for T, c in cosine_rows])
-      if cosine_rows else "(cosine was the best common schedule at every budget: the main "
-      "table is this comparison.)",
-      "best_phi": ", ".join(f"T={T}: {max(ubas, key=lambda a, T=T: val[T, a])[8:]}"
-                            for T in budgets),
+          ["budget", "schedule", "lr", f"validation acc. (mean of {len(mlp.study.seeds)})",
+           "test accuracy (mean ± std)", "binomial SE of one run"],
+          [row for res in parts for row in _arm_rows(res)]),
+      "main_table": markdown_table(COMPARISON_HEADER, [
+          _comparison_row(res.budget(T), res.picks[T]) for res in parts for T in res.budgets]),
+      "cosine_table": markdown_table(COMPARISON_HEADER, cosine_rows) if cosine_rows
+      else "(cosine was the best common schedule everywhere: the main table is this comparison.)",
+      "best_phi": ", ".join(f"{res.budget(T)}: {res.best(T, UBA)[8:]}" for res in parts
+                            for T in res.budgets),
       "verdict_claim": claim,
-      "verdicts": ", ".join(f"T={T}: {v}" for T, v in zip(budgets, verdicts)),
-      "phi2": phi2_check(setup, [t.best for t in tuned.values()] + list(setup.lrs)),
-      "plot": _plot(ctx, setup, cells, budgets, picks),
-      "hours": f"{sum(r['train_minutes'] for r in all_records.values()) / 60:.2f}",
+      "verdicts": ", ".join(f"{res.budget(T)}: {verdicts[res.study.label, T]}" for res in parts
+                            for T in res.budgets),
+      "phi2": phi2_check([res.study for res in parts],
+                         [t.best for res in parts for t in res.tuned.values()]
+                         + [v for res in parts for v in res.study.lrs]),
+      "plot": _plot(ctx, parts),
   }, all_records)
