@@ -97,10 +97,11 @@ def base_config(total_steps: int = 100) -> ml_collections.ConfigDict:
   config.log = ml_collections.ConfigDict(dict(every_steps=10))
   # Saved at multiples of every_steps and keep_every and at the end (0: only at the end);
   # the last `keep` survive, plus every multiple of keep_every (0: none). At most one of
-  # resume_from / branch_from (+ branch_step) / init_from names another run folder.
+  # resume_from / branch_from (+ branch_step) / init_from (+ init_step, -1: its newest) names
+  # another run folder.
   config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=500, keep=2, keep_every=0, resume_from="", init_from="", branch_from="",
-      branch_step=-1))
+      every_steps=500, keep=2, keep_every=0, resume_from="", init_from="", init_step=-1,
+      branch_from="", branch_step=-1))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return config
 

@@ -15,6 +15,8 @@ The ratios follow the official 405M settings (`peak 3e-4, const 1.65e-4, end 3e-
 `:arg` part the list is `+`-separated: `:domains=stdlib-code+c-headers`),
 `stream.steps_per_task` the updates per task (the same for every schedule),
 `stream.replay_fraction` the share of each batch drawn from earlier domains, and
+`stream.handoff` how a task starts from the previous one (`state`: its full state and step
+counter; `weights`: its parameters only, as MAE-1 does, with a fresh optimizer and schedule), and
 `stream.checkpoint_every` the checkpoint spacing kept in every task folder (0: the largest
 spacing that keeps the pre-anneal step).
 """
@@ -49,7 +51,7 @@ def schedule_block(schedule: str, *, lr: float, steps: int) -> ml_collections.Co
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, schedule="infinite", size="test", steps=300, lr=3e-3,
-                          domains=DEFAULT_DOMAINS, replay=0.0, seed=0)
+                          domains=DEFAULT_DOMAINS, replay=0.0, seed=0, handoff="state")
   if args.steps < 10:
     raise common.UsageError(f"steps={args.steps} must be >= 10 (warmup, cooldown and anneal "
                             "need room)")
@@ -60,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.schedule = schedule_block(args.schedule, lr=args.lr, steps=args.steps)
   config.stream = ml_collections.ConfigDict(dict(
       domains=",".join(args.domains), steps_per_task=args.steps, replay_fraction=args.replay,
-      checkpoint_every=0))
+      checkpoint_every=0, handoff=args.handoff))
   config.eval.every_steps = 0  # the runner evaluates every domain after each task
   config.eval.num_batches = 16
   config.log.every_steps = 10

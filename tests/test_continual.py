@@ -213,3 +213,21 @@ def test_unknown_stream_key_is_one_line_with_a_hint():
     cli.parse(["launch.continual", "--config.stream.domain=x"], "continual.py")
   assert str(raised.value) == ("--config.stream.domain is not a key of the config (did you mean "
                                "stream.domains?); list the keys with --print_config")
+
+
+def test_weights_handoff_starts_each_task_from_the_previous_parameters_only(tmp_path):
+  """MAE-1's official handoff: parameters at the pre-anneal step, fresh optimizer and schedule."""
+  config = continual_configs.get_config("schedule=infinite,steps=20,handoff=weights")
+  tasks = continual.plan(config, tmp_path)
+  assert [(t.start_step, t.end_step, t.pre_anneal_step) for t in tasks] == [
+      (0, 20, 16), (0, 20, 16), (0, 20, 16)]
+  assert [t.config.checkpoint.init_step for t in tasks] == [-1, 16, 16]
+  assert [t.config.checkpoint.init_from for t in tasks] == [
+      "", str(tasks[0].run_dir), str(tasks[1].run_dir)]
+  assert all(t.config.checkpoint.branch_from == "" for t in tasks)
+  assert [(t.config.schedule.warmup_steps, t.config.schedule.cooldown_steps) for t in tasks] == [
+      (2, 10), (0, 0), (0, 0)]
+  cosine = continual.plan(continual_configs.get_config("schedule=cosine,steps=20,handoff=weights"),
+                          tmp_path)
+  assert [t.config.schedule.num_cycles for t in cosine] == [1, 1, 1]
+  assert [t.config.checkpoint.init_step for t in cosine] == [-1, 20, 20]

@@ -1,8 +1,11 @@
 """Continual pre-training: one model trained through a stream of domains, task after task.
 
 Each task is an ordinary run of `training.loop.train` in `WORKDIR/task_<i>_<domain>/`, chained
-to the previous task through `checkpoint.branch_from` + `branch_step` (full state: parameters,
-optimizer state and step counter). With the infinite learning-rate schedule (Ibrahim et al.,
+to the previous task by `stream.handoff`: `state` (the default) through
+`checkpoint.branch_from` + `branch_step` (full state: parameters, optimizer state and step
+counter); `weights`, as MAE-1's `mae_pretrain.py` loads the previous task's checkpoint, through
+`checkpoint.init_from` + `init_step` (parameters only: a fresh optimizer, the step counter and the
+schedule start again at 0). With the infinite learning-rate schedule (Ibrahim et al.,
 arXiv 2403.08763, Sec. 4; Singh et al., arXiv 2503.02844, Sec. 3; `Pauljanson002/MAE-1`
 `trainer.py`) task 0 runs warmup, cooldown, constant and anneal; task `i > 0` starts from task
 `i - 1`'s **pre-anneal** state (constant phase), with no warmup and no cooldown, and runs its
@@ -37,6 +40,7 @@ from trainlab.training.run import build_run
 from trainlab.training.trainer import Trainer
 
 STREAM_SCHEDULES = ("infinite_lr", "repeated_cosine")
+HANDOFFS = ("state", "weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +50,9 @@ class Task:
   domain: str
   run_dir: pathlib.Path
   config: ml_collections.ConfigDict
-  start_step: int  # the step counter the task starts from (0 for task 0)
-  pre_anneal_step: int | None  # infinite schedule: where the anneal starts
+  start_step: int  # the step counter the task starts from (0 for task 0 and with `weights`)
+  pre_anneal_step: int | None  # infinite schedule: where the anneal starts (own counter)
+  source: tuple[pathlib.Path, int] | None  # the run and step the task starts from
 
   @property
   def end_step(self) -> int:
@@ -84,6 +89,10 @@ def plan(config: Any, workdir: str | pathlib.Path) -> list[Task]:
     raise UsageError(f"stream.steps_per_task={steps!r} must be an integer >= 1")
   if not 0.0 <= fraction < 1.0:
     raise UsageError(f"stream.replay_fraction={fraction!r} must be in [0, 1)")
+  handoff = config.stream.get("handoff", "state")
+  if handoff not in HANDOFFS:
+    raise UsageError(f"stream.handoff={handoff!r} must be one of {', '.join(HANDOFFS)}")
+  weights_only = handoff == "weights"
   infinite = config.schedule.name == "infinite_lr"
   anneal = config.schedule.get("anneal_steps", 0) if infinite else 0
   spacing = checkpoint_spacing(config)
@@ -92,6 +101,7 @@ def plan(config: Any, workdir: str | pathlib.Path) -> list[Task]:
   for i, domain in enumerate(names):
     task = ml_collections.ConfigDict(config.to_dict())
     del task["stream"]
+    start = 0 if weights_only else start
     task.total_steps = start + steps
     task.data.name = domain
     earlier = list(dict.fromkeys(n for n in names[:i] if n != domain))
@@ -101,13 +111,16 @@ def plan(config: Any, workdir: str | pathlib.Path) -> list[Task]:
     if infinite and i > 0:
       task.schedule.warmup_steps = task.schedule.cooldown_steps = 0
     if not infinite:
-      task.schedule.num_cycles = i + 1
-    task.checkpoint.update(every_steps=spacing, keep_every=spacing, resume_from="",
-                           init_from="", branch_from=str(source[0]) if source else "",
-                           branch_step=source[1] if source else -1)
+      task.schedule.num_cycles = 1 if weights_only else i + 1
+    branch = source is not None and not weights_only
+    task.checkpoint.update(
+        every_steps=spacing, keep_every=spacing, resume_from="",
+        init_from=str(source[0]) if source and weights_only else "",
+        init_step=source[1] if source and weights_only else -1,
+        branch_from=str(source[0]) if branch else "", branch_step=source[1] if branch else -1)
     run_dir = pathlib.Path(workdir) / f"task_{i}_{domain}"
     pre_anneal = task.total_steps - anneal if infinite else None
-    tasks.append(Task(i, domain, run_dir, task, start, pre_anneal))
+    tasks.append(Task(i, domain, run_dir, task, start, pre_anneal, source))
     source = (run_dir, pre_anneal if infinite else task.total_steps)
     start = source[1]
   return tasks
@@ -209,8 +222,8 @@ def _run_stream(config: Any, workdir: pathlib.Path, tasks: list[Task], runs: lis
           "task": task.index, "domain": task.domain, "run_dir": task.run_dir.name,
           "start_step": task.start_step, "end_step": task.end_step,
           "pre_anneal_step": task.pre_anneal_step,
-          "started_from": task.config.checkpoint.branch_from or None,
-          "started_from_step": task.config.checkpoint.branch_step if task.index else None,
+          "started_from": task.source[0].name if task.source else None,
+          "started_from_step": task.source[1] if task.source else None,
           "losses": evaluator.losses(params, seen)}
     if evaluator is not None:
       evaluator.close()  # the next task's training may not see a stale manager
@@ -242,13 +255,13 @@ def trajectory(config: Any, workdir: str | pathlib.Path) -> list[dict[str, Any]]
     own = checkpoint_lib.Checkpoints(task.run_dir, read_only=True)
     saved = [s for s in own.steps() if s > task.start_step]
     own.close()
-    starts = [(task.run_dir, s) for s in saved]
-    if task.index > 0:
-      starts.insert(0, (tasks[task.index - 1].run_dir, task.start_step))
-    for run_dir, step in starts:
+    starts = [(task.run_dir, s, s - task.start_step) for s in saved]
+    if task.source is not None:
+      starts.insert(0, (*task.source, 0))
+    for run_dir, step, into_task in starts:
       params = evaluator.params_at(run_dir, step)
       points.append({"task": task.index, "step": step,
-                     "stream_step": task.index * steps_per_task + step - task.start_step,
+                     "stream_step": task.index * steps_per_task + into_task,
                      "losses": evaluator.losses(params, names)})
   evaluator.close()
   rundir.write_json(cache, points)

@@ -3,7 +3,8 @@
 Precedence: the run folder's own newest readable checkpoint (auto-resume), then
 `checkpoint.resume_from` (another run's newest full state), `checkpoint.branch_from` at
 `checkpoint.branch_step` (another run's full state and step counter at that step),
-`checkpoint.init_from` (another run's newest parameters, fresh optimizer, step 0), else a fresh
+`checkpoint.init_from` (another run's parameters at `checkpoint.init_step`, default its newest;
+fresh optimizer, step 0), else a fresh
 state. Other runs' folders are opened read-only: nothing there is ever written or pruned.
 """
 
@@ -72,9 +73,13 @@ def restore_or_init(trainer: Trainer, own: Checkpoints) -> tuple[Any, str]:
     if not steps:
       raise UsageError(f"checkpoint.init_from={settings.init_from!r} has no checkpoint; point "
                        "it at a run folder with checkpoints/")
-    params = other.restore_params(steps[-1], trainer.abstract_state.params)
+    step = steps[-1] if settings.init_step < 0 else settings.init_step
+    if step not in steps:
+      raise UsageError(f"checkpoint.init_step={step} is not saved in {other.directory} (it has "
+                       f"{steps}); pick one of those steps")
+    params = other.restore_params(step, trainer.abstract_state.params)
     other.close()
     fresh = trainer.init_state()
     state = fresh.replace(params=params, opt_state=trainer.init_opt_state(params))
-    return state, f"initialized parameters from {other.directory} step {steps[-1]}"
+    return state, f"initialized parameters from {other.directory} step {step}"
   return trainer.init_state(), "started from scratch"
