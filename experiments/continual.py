@@ -25,16 +25,21 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common, lm
+from experiments import common, lm, study
 
 DEFAULT_DOMAINS = ("stdlib-code", "pydoc-english", "c-headers")
 SCHEDULES = ("infinite", "infinite_invsqrt", "cosine")
 CONSTANT_FRACTION, END_FRACTION = 0.55, 0.1  # of the peak, as in the official 405M runs
 
 
-def schedule_block(schedule: str, *, lr: float, steps: int) -> ml_collections.ConfigDict:
-  """The `config.schedule` block of task 0; the runner derives later tasks' blocks from it."""
-  warmup, anneal = steps // 10, steps // 5
+def schedule_block(schedule: str, *, lr: float, steps: int, warmup_fraction: float = 0.1,
+                   anneal_fraction: float = 0.2) -> ml_collections.ConfigDict:
+  """The `config.schedule` block of task 0; the runner derives later tasks' blocks from it.
+
+  The cooldown ends at 60% of the task; the official 405M runs warm up over 1% and anneal over
+  the last 15% (`warmup_fraction=0.01, anneal_fraction=0.15`).
+  """
+  warmup, anneal = int(warmup_fraction * steps), int(anneal_fraction * steps)
   if schedule in ("infinite", "infinite_invsqrt"):
     block = dict(name="infinite_lr", warmup_steps=warmup, cooldown_steps=steps * 6 // 10 - warmup,
                  anneal_steps=anneal, constant_value=CONSTANT_FRACTION * lr,
@@ -55,7 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.steps < 10:
     raise common.UsageError(f"steps={args.steps} must be >= 10 (warmup, cooldown and anneal "
                             "need room)")
-  config = lm.get_config(f"size={args.size}")
+  if args.size in ("study", "study-quick"):  # the reproductions' model (experiments/study.py)
+    config = study.get_config(f"steps={args.steps},lr={args.lr},seed={args.seed},"
+                              f"quick={str(args.size == 'study-quick').lower()}")
+  else:
+    config = lm.get_config(f"size={args.size}")
   del config["total_steps"]  # the runner sets each task's total from stream.steps_per_task
   config.seed = args.seed
   config.optimizer.learning_rate = args.lr

@@ -25,5 +25,5 @@ def test_quick_reproduction_writes_its_page_and_plots(name, run_module, tmp_path
 
 def test_unknown_reproduction_is_a_usage_error(run_module):
   result = run_module("launch.reproduce", "nope")
-  assert result.returncode == 2 and "baselines" in result.stderr
+  assert result.returncode == 2 and "wsd" in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
