@@ -174,6 +174,7 @@ class Comparison:
   b: str
   diff: stats.Paired  # per-seed differences and their SE (training noise)
   eval_se: float  # the test set's own SE of the seed-mean difference (per-image differences)
+  n_examples: int
 
   @property
   def se(self) -> float:  # both noises, in quadrature (conservative: seeds share the images)
@@ -187,8 +188,8 @@ class Comparison:
 
 def compare(a: str, b: str, ra: list[dict[str, Any]], rb: list[dict[str, Any]]) -> Comparison:
   diff = stats.paired([_test(r) for r in ra], [_test(r) for r in rb])
-  eval_se = stats.paired_example_se(_correct(ra).mean(0), _correct(rb).mean(0))
-  return Comparison(a, b, diff, eval_se)
+  a_correct, b_correct = _correct(ra).mean(0), _correct(rb).mean(0)
+  return Comparison(a, b, diff, stats.paired_example_se(a_correct, b_correct), len(a_correct))
 
 
 # -- the page ---------------------------------------------------------------------------------
@@ -302,12 +303,28 @@ def _grid_cell(tuning) -> str:
 
 
 COMPARISON_HEADER = ["budget", "A - B (test accuracy)", "paired difference ± SE (seeds)",
-                     "test-set SE of the difference", "combined SE", "verdict"]
+                     "test-set SE of the difference", "combined SE", "d ± 2 SE", "verdict"]
 
 
 def _comparison_row(where: str, c: Comparison) -> list[str]:
+  d = c.diff.mean
   return [where, f"{c.a} - {c.b}", str(c.diff), f"{c.eval_se:.4f}", f"{c.se:.4f}",
-          f"**{c.verdict}**"]
+          f"[{d - 2 * c.se:+.4f}, {d + 2 * c.se:+.4f}]", f"**{c.verdict}**"]
+
+
+def _eval_note(picks: list[Comparison]) -> str:
+  """Whether the test set's own SE lies below the differences the verdict reads."""
+  below = sum(c.eval_se < abs(c.diff.mean) for c in picks)
+  return (f"The test set's own SE of the verdict's difference is "
+          f"{min(c.eval_se for c in picks):.4f}-{max(c.eval_se for c in picks):.4f} (per-image "
+          f"right/wrong differences on the same {picks[0].n_examples:,} images, well below one "
+          f"run's binomial SE) and lies below |d| at {below} of {len(picks)} budgets: "
+          + ("the eval resolves the differences read." if below == len(picks) else
+             "the differences between the schedules are the size of the test set's own noise, "
+             "so the verdict counts it (combined SE).")
+          + f" Every interval d ± 2 SE lies within "
+          f"[{min(c.diff.mean - 2 * c.se for c in picks):+.4f}, "
+          f"{max(c.diff.mean + 2 * c.se for c in picks):+.4f}].")
 
 
 def _arm_rows(res: Results) -> list[list[str]]:
@@ -365,6 +382,7 @@ def run(ctx: Context) -> None:
       "best_phi": ", ".join(f"{res.budget(T)}: {res.best(T, UBA)[8:]}" for res in parts
                             for T in res.budgets),
       "verdict_claim": claim,
+      "eval_note": _eval_note([res.picks[T] for res in parts for T in res.budgets]),
       "verdicts": ", ".join(f"{res.budget(T)}: {verdicts[res.study.label, T]}" for res in parts
                             for T in res.budgets),
       "phi2": phi2_check([res.study for res in parts],
