@@ -6,8 +6,9 @@ writes its page with `ctx.write_page(values)` from the hand-written template
 `reproductions/templates/NAME.md` (prose is edited there, never read back from the page).
 
 Records: every finished run leaves one JSON line in `docs/results/NAME/runs.jsonl` (the run's
-final numbers and its eval curve, never checkpoints), keyed by run name and the SHA-256 of its
-resolved config. `ctx.run` trains only the runs without a record, so the page regenerates
+final numbers and its eval curve, never checkpoints), keyed by run name and checked against its
+resolved config (stored with it: a key added to the configs later, at the value the runs had
+implicitly, does not invalidate a record). `ctx.run` trains only the runs without a record, so the page regenerates
 from the committed records without retraining, and a killed sweep continues where it stopped
 (an interrupted run also resumes from its own checkpoints in `runs/reproduce-NAME/`). Runs train
 in `workers` parallel single-threaded processes; `--quick` smoke runs train in this process and
@@ -53,6 +54,14 @@ class RunSpec:
   config: Any
   kind: str = "train"
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # arm, lr, seed, ... for tables
+
+
+def covers(stored: Any, current: Any) -> bool:
+  """Whether the config `stored` with a record equals `current` but for keys added to the
+  configs after the record was made (present in `current` only)."""
+  if isinstance(stored, dict) and isinstance(current, dict):
+    return all(k in current and covers(v, current[k]) for k, v in stored.items())
+  return stored == current
 
 
 def config_sha(config: Any) -> str:
@@ -185,16 +194,20 @@ class Context:
     have = self.records()
     todo = []
     for spec in specs:
-      sha = config_sha(spec.config)
-      if spec.name in have and have[spec.name]["config_sha256"] != sha:
+      record = have.get(spec.name)
+      if record is not None and record["config_sha256"] != config_sha(spec.config) and not (
+          "config" in record and covers(record["config"], rundir.as_json(spec.config))):
         raise UsageError(f"{self.records_path} holds run {spec.name!r} of a different config; "
                          "delete its line (or rename the run) to train it again")
       if spec.name not in have:
         todo.append(spec)
-    if self.plan_only:
-      print(f"[{self.name}] {len(specs) - len(todo)} of {len(specs)} runs have records; "
-            f"to train: {', '.join(s.name for s in todo) or 'none'}", file=sys.stderr)
-      return {s.name: have[s.name] for s in specs if s.name in have}
+    if self.plan_only and todo:
+      steps = sum(s.config.total_steps for s in todo)
+      print(f"[{self.name}] {len(specs) - len(todo)} of {len(specs)} runs of this phase have "
+            f"records; to train ({len(todo)} runs, {steps} steps): "
+            f"{', '.join(s.name for s in todo)}; later phases are planned from these runs' "
+            "results", file=sys.stderr)
+      sys.exit(0)
     if todo:
       self._train(todo, record_fn, runs_per_process)
     have = self.records()
@@ -202,7 +215,8 @@ class Context:
 
   def _finish(self, spec: RunSpec, run_dir: pathlib.Path, seconds: float,
               record_fn: Callable[[RunSpec, pathlib.Path], dict[str, Any]]) -> dict[str, Any]:
-    record = {"name": spec.name, "config_sha256": config_sha(spec.config), "meta": spec.meta,
+    record = {"name": spec.name, "config_sha256": config_sha(spec.config),
+              "config": rundir.as_json(spec.config), "meta": spec.meta,
               "date": datetime.date.today().isoformat(), "git_commit": _git_commit(),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "train_minutes": round(seconds / 60, 2), **record_fn(spec, run_dir)}

@@ -23,7 +23,7 @@ from experiments import study
 from reproductions import Context, RunSpec, markdown_table, mean_std, stats
 from trainlab.training.branch import branch_config
 
-LRS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # 2x apart; extended automatically at an edge
+LRS = (2e-3, 4e-3, 8e-3, 1.6e-2)  # 2x apart; extended automatically at an edge
 POWER_A = (0.05, 0.1, 0.2, 0.4)
 POWER_B = -0.51  # Shen et al. (with muP)
 POWER_MAX_LR = 0.02  # Shen et al.'s cap
@@ -31,6 +31,9 @@ MARGIN = 0.01  # nats/byte: "matches" means within this, stated before the runs
 WARMUP_FRACTION = 0.05
 TUNE_SEEDS, SEEDS = (0, 1), (0, 1, 2)
 ARMS = ("cosine", "wsd 1-sqrt 20%", "wsd linear 20%")
+# Power transfer cells: budgets as fractions of T, at batch 8 and 16 (tokens fixed per budget);
+# `a` is tuned in the last one at batch 16.
+POWER_BUDGETS = (0.125, 0.25, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +50,9 @@ class Setup:
   def of(cls, ctx: Context) -> "Setup":
     if ctx.quick:
       return cls(steps=20, seeds=(0,), tune_seeds=(0,), lrs=(4e-3,), power_a=(0.1,),
-                 cells=((1.0, 16), (0.5, 16)))
+                 cells=((0.25, 16), (0.5, 16)))
     return cls(steps=study.STEPS, seeds=SEEDS, tune_seeds=TUNE_SEEDS, lrs=LRS,
-               power_a=POWER_A, cells=tuple((f, b) for b in (8, 16) for f in (0.25, 0.5, 1.0)))
+               power_a=POWER_A, cells=tuple((f, b) for b in (8, 16) for f in POWER_BUDGETS))
 
   @property
   def warmup(self) -> int:
@@ -135,12 +138,12 @@ def run(ctx: Context) -> None:
     return lambda lr, seed: _spec(f"a_{arm.replace(' ', '_')}_lr{lr:g}_s{seed}",
                                   _arm_config(setup, arm, lr, seed), arm=arm, lr=lr, seed=seed)
 
-  power_maker = lambda a, seed: _spec(f"c_power_1T_b16_a{a:g}_s{seed}",
-                                      power(setup, a, seed), a=a, seed=seed)
+  tune_fraction = max(f for f, _ in setup.cells)
+  tune_cell, tune_steps = f"{tune_fraction:g}T_b16", int(tune_fraction * T)
+  power_maker = lambda a, seed: _spec(f"c_power_{tune_cell}_a{a:g}_s{seed}",
+                                      power(setup, a, seed, tune_steps, 16), a=a, seed=seed)
   cell_makers = {}
   for fraction, batch in setup.cells:
-    if (fraction, batch) == (1.0, 16):
-      continue  # the (a) WSD arm is this cell
     steps = int(fraction * T * 16 / batch)
     cell = f"{fraction:g}T_b{batch}"
     cell_makers[cell] = (
@@ -175,10 +178,9 @@ def run(ctx: Context) -> None:
   cosine_budgets = [_spec(f"b_cosine_{b}_s{s}", cosine(setup, best_cos, s, steps=b), budget=b,
                           seed=s) for b in (budgets[0], budgets[2]) for s in setup.seeds]
 
-  # (c) Power: a tuned at (T, batch 16); the same a in every cell against WSD tuned per cell.
+  # (c) Power: a tuned in one cell; the same a in every cell against WSD tuned per cell.
   best_a = tuned["power a"].best
-  cells = {**{cell: (steps, batch) for cell, (_, steps, batch) in cell_makers.items()},
-           "1T_b16": (T, 16)}
+  cells = {cell: (steps, batch) for cell, (_, steps, batch) in cell_makers.items()}
   power_cells = [_spec(f"c_power_{cell}_a{best_a:g}_s{s}", power(setup, best_a, s, steps, batch),
                        cell=cell, a=best_a, seed=s)
                  for cell, (steps, batch) in cells.items() for s in setup.seeds]
@@ -229,8 +231,6 @@ def run(ctx: Context) -> None:
   cosine_steps = sum(budgets)
 
   def cell_wsd(cell: str) -> list[dict[str, Any]]:
-    if cell == "1T_b16":
-      return final["wsd 1-sqrt 20%"]
     return [records[cell_makers[cell][0](tuned[f"wsd {cell}"].best, s).name]
             for s in setup.seeds]
 
@@ -267,7 +267,8 @@ def run(ctx: Context) -> None:
       "verdict_branch": ", ".join(f"{b} steps: {branch_verdicts[label]}"
                                   for b, label in zip(budgets, branch_verdicts)),
       "verdict_power": f"{transfer_ok}/{len(cell_verdicts)} cells",
-      "best_a": f"{best_a:g}", "curves": curves_png.name,
+      "best_a": f"{best_a:g}", "curves": curves_png.name, "tune_cell": tune_cell,
+      "power_budgets": ", ".join(f"{f:g}T" for f in POWER_BUDGETS),
       "inside": "every choice lies strictly inside its grid" if all(
           t.inside for t in tuned.values()) else "NOT every choice lies inside its grid: "
       + ", ".join(a for a, t in tuned.items() if not t.inside),
