@@ -8,11 +8,12 @@ writes its page with `ctx.write_page(values)` from the hand-written template
 Records: every finished run leaves one JSON line in `docs/results/NAME/runs.jsonl` (the run's
 final numbers and its eval curve, never checkpoints), keyed by run name and checked against its
 resolved config (stored with it: a key added to the configs later, at the value the runs had
-implicitly, does not invalidate a record). `ctx.run` trains only the runs without a record, so the page regenerates
-from the committed records without retraining, and a killed sweep continues where it stopped
-(an interrupted run also resumes from its own checkpoints in `runs/reproduce-NAME/`). Runs train
-in `workers` parallel single-threaded processes; `--quick` smoke runs train in this process and
-write their records and page beside each other in the output folder.
+implicitly, does not invalidate a record). `ctx.run` trains only the runs without a record, so
+the page regenerates from the committed records without retraining, and a killed sweep
+continues where it stopped (an interrupted run also resumes from its own checkpoints in
+`runs/reproduce-NAME/`). Runs train in `workers` parallel single-threaded processes; `--quick`
+smoke runs train in this process and write their records and page beside each other in the
+output folder.
 """
 
 from __future__ import annotations
@@ -360,8 +361,10 @@ class Context:
     dates = sorted({r["date"] for r in records.values()})
     machines = sorted({r["machine"] for r in records.values()})
     minutes = sum(r["train_minutes"] for r in records.values())
+    shown = self.records_path.name if self.quick else self.records_path.relative_to(
+        self.out_dir.parent)
     header = (f"Command: `{self.command}` (regenerates this page from the run records in "
-              f"`{self.records_path.relative_to(self.out_dir.parent) if not self.quick else self.records_path.name}`;"
+              f"`{shown}`;"
               f" runs without a record are trained first)  \n"
               f"Records: {len(records)} runs, {dates[0] if dates else '-'} to "
               f"{dates[-1] if dates else '-'}, {', '.join(machines) or '-'}; "

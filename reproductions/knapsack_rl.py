@@ -366,8 +366,9 @@ def run(ctx: Context) -> None:
   paired_se = np.mean([stats.paired_example_se(_test_bits(a), _test_bits(b))
                        for a, b in zip(cells["official"], cells["uniform"])])
   eff_gain = stats.Paired(tuple(x / y - 1 for x, y in zip(share["official"], share["uniform"])))
+  uniform_se = binomial_se(np.mean([_test(r) for r in cells["uniform"]]), setup.test[1])
   ctx.write_page({
-      "params": f"{first['summary']['num_params']:,}",
+      "params": f"{first['summary']['num_params']:,}", "size": setup.size,
       "pool": c0.task.pool_size, "per_step": c0.rl.prompts_per_step,
       "rollouts": c0.rl.rollouts_per_prompt,
       "budget": c0.rl.prompts_per_step * c0.rl.rollouts_per_prompt,
@@ -416,7 +417,7 @@ def run(ctx: Context) -> None:
       "off_official_p0": f"{off['official']:.0%}", "off_exact_p0": f"{off['exact']:.0%}",
       "overlap": f"{np.mean(overlap_share):.1%} ({', '.join(f'{x:.1%}' for x in overlap_share)})",
       "paired_se": f"{paired_se:.4f}",
-      "binomial": f"{binomial_se(np.mean([_test(r) for r in cells['uniform']]), setup.test[1]):.4f}",
+      "binomial": f"{uniform_se:.4f}",
       "verdict_eff": f"{eff_verdicts['official', 'uniform']} ({_pct(eff_gain.mean)} ± "
                      f"{100 * eff_gain.se:.1f}%)",
       "verdict_eff_old": eff_verdicts["exact-last", "uniform"],
