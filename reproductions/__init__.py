@@ -361,8 +361,9 @@ class Context:
     dates = sorted({r["date"] for r in records.values()})
     machines = sorted({r["machine"] for r in records.values()})
     minutes = sum(r["train_minutes"] for r in records.values())
-    shown = self.records_path.name if self.quick else self.records_path.relative_to(
-        self.out_dir.parent)
+    path = self.records_path.resolve()
+    shown = self.records_path.name if self.quick or not path.is_relative_to(REPO) else (
+        path.relative_to(REPO))
     header = (f"Command: `{self.command}` (regenerates this page from the run records in "
               f"`{shown}`;"
               f" runs without a record are trained first)  \n"
