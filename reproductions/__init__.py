@@ -356,7 +356,12 @@ class Context:
 
   def write_page(self, values: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
     """Fills `templates/NAME.md`'s `{{key}}` placeholders and writes the page with its header:
-    the command, when the records were made and on what, and the training time they cost."""
+    the command, when the records were made and on what, and the training time they cost.
+    With `--plan` it only says that every run has its record."""
+    if self.plan_only:
+      print(f"[{self.name}] every run has a record: the page regenerates without training",
+            file=sys.stderr)
+      return
     template = (TEMPLATES / f"{self.name}.md").read_text()
     dates = sorted({r["date"] for r in records.values()})
     machines = sorted({r["machine"] for r in records.values()})

@@ -140,8 +140,6 @@ def run(ctx: Context) -> None:
                        for s in setup.seeds])
     final.update({arm: [records[_spec(setup, arm, tuned[arm].best, s).name]
                         for s in setup.seeds] for arm in phase})
-  if ctx.plan_only:
-    return
   arms = [arm for phase in phases for arm in phase]
   not_run = [arm for phase in PHASES for arm in phase if arm not in arms]
 

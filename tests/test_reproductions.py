@@ -27,3 +27,11 @@ def test_unknown_reproduction_is_a_usage_error(run_module):
   result = run_module("launch.reproduce", "nope")
   assert result.returncode == 2 and "wsd" in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_plan_lists_the_first_runs_without_training_or_writing(run_module, tmp_path):
+  result = run_module("launch.reproduce", "eco", "--plan", "--out", str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[eco] 0 of 9 runs of this phase have records; to train (9 runs," in result.stderr
+  assert "master_lr0.002_s0" in result.stderr
+  assert list(tmp_path.iterdir()) == []  # no records, no page
