@@ -40,11 +40,14 @@ class Setup:
   tune_seeds: tuple[int, ...]
   lrs: tuple[float, ...]
   size: str
+  anneal: float = ANNEAL
+  points: int = 20  # evals per task, and checkpoints per task of the same-data streams
 
   @classmethod
   def of(cls, ctx: Context) -> "Setup":
-    if ctx.quick:
-      return cls(steps=40, seeds=(0,), tune_seeds=(0,), lrs=(4e-3,), size="study-quick")
+    if ctx.quick:  # an anneal of 1/4 lets 4 points per task fall on its pre-anneal step
+      return cls(steps=40, seeds=(0,), tune_seeds=(0,), lrs=(4e-3,), size="study-quick",
+                 anneal=0.25, points=4)
     return cls(steps=study.STEPS, seeds=SEEDS, tune_seeds=TUNE_SEEDS, lrs=LRS, size="study")
 
 
@@ -56,12 +59,12 @@ def stream_config(setup: Setup, arm: str, lr: float, seed: int,
       f"schedule={schedule},size={setup.size},steps={setup.steps},lr={lr},seed={seed},"
       f"domains={'+'.join(domains)},handoff=weights")
   config.schedule = continual_configs.schedule_block(
-      schedule, lr=lr, steps=setup.steps, warmup_fraction=WARMUP, anneal_fraction=ANNEAL)
-  config.eval.every_steps = max(1, setup.steps // 20)
+      schedule, lr=lr, steps=setup.steps, warmup_fraction=WARMUP, anneal_fraction=setup.anneal)
+  config.eval.every_steps = max(1, setup.steps // setup.points)
   config.eval.num_batches = 2 if setup.size == "study-quick" else study.EVAL_BATCHES
   config.log.every_steps = config.eval.every_steps
   if len(set(domains)) < len(domains):  # the same-data spike reads the stream at every 5%
-    config.stream.checkpoint_every = max(1, setup.steps // 20)
+    config.stream.checkpoint_every = max(1, setup.steps // setup.points)
   return config
 
 
