@@ -41,7 +41,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 PHASES = (("master", "eco-sr", "naive-sr"), ("naive-rtn", "float32"), ("eco-rtn",))
 # Phases the committed page has trained (the --quick smoke run trains them all); raise it to
 # train the next one. A phase is 5-6 runs per arm of ~4 CPU-minutes each on an idle core.
-PAGE_PHASES = 1
+PAGE_PHASES = 3
 LABELS = {"master": "FP8 + float32 master weights", "eco-sr": "ECO + SR (no master)",
           "naive-sr": "no master + SR", "naive-rtn": "no master + RTN",
           "eco-rtn": "ECO + RTN (no master)", "float32": "float32 AdamW"}
