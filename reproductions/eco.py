@@ -39,9 +39,6 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # Trained in this order: the first phase alone decides the two headline verdicts.
 PHASES = (("master", "eco-sr", "naive-sr"), ("naive-rtn", "float32"), ("eco-rtn",))
-# Phases the committed page has trained (the --quick smoke run trains them all); raise it to
-# train the next one. A phase is 5-6 runs per arm of ~4 CPU-minutes each on an idle core.
-PAGE_PHASES = 3
 LABELS = {"master": "FP8 + float32 master weights", "eco-sr": "ECO + SR (no master)",
           "naive-sr": "no master + SR", "naive-rtn": "no master + RTN",
           "eco-rtn": "ECO + RTN (no master)", "float32": "float32 AdamW"}
@@ -131,8 +128,7 @@ def _gap_curve(a: list[dict], b: list[dict]) -> tuple[np.ndarray, np.ndarray, np
 def run(ctx: Context) -> None:
   setup = Setup.of(ctx)
   tuned, final = {}, {}
-  phases = PHASES if setup.quick else PHASES[:PAGE_PHASES]
-  for phase in phases:  # tune a phase's arms, train their 3 seeds, then the next phase
+  for phase in PHASES:  # tune a phase's arms, train their 3 seeds, then the next phase
     makers = {arm: (lambda lr, seed, arm=arm: _spec(setup, arm, lr, seed), setup.lrs)
               for arm in phase}
     tuned.update(ctx.tune(makers, seeds=setup.tune_seeds))
@@ -140,8 +136,7 @@ def run(ctx: Context) -> None:
                        for s in setup.seeds])
     final.update({arm: [records[_spec(setup, arm, tuned[arm].best, s).name]
                         for s in setup.seeds] for arm in phase})
-  arms = [arm for phase in phases for arm in phase]
-  not_run = [arm for phase in PHASES for arm in phase if arm not in arms]
+  arms = [arm for phase in PHASES for arm in phase]
 
   grid_rows = [[LABELS[arm], tuned[arm].row()] for arm in arms]
   memory = {arm: state_bytes(arm_config(setup, arm, setup.lrs[0], 0))
@@ -155,10 +150,6 @@ def run(ctx: Context) -> None:
 
   rows, verdicts = [], {}
   for label, a, b, claim in COMPARISONS:
-    if a not in final or b not in final:
-      verdicts[label] = "not run"
-      rows.append([label, "not run", "", "not run", claim])
-      continue
     diff = stats.paired([_test(r) for r in final[a]], [_test(r) for r in final[b]])
     eval_se = np.mean([stats.paired_example_se(np.asarray(x["examples"]["test"]),
                                                np.asarray(y["examples"]["test"]))
@@ -172,8 +163,6 @@ def run(ctx: Context) -> None:
       f"{lr_values[np.argmin(np.abs(lr_steps - f * setup.steps))] / lr_values.max():.2f}"
       for f in marks]]]
   for label, a, b, _ in COMPARISONS[:5]:
-    if a not in final or b not in final:
-      continue
     steps, mean, se = _gap_curve(final[a], final[b])
     cells = []
     for fraction in marks:
@@ -211,12 +200,6 @@ def run(ctx: Context) -> None:
       "verdict_fp8": verdicts[COMPARISONS[5][0]],
       "ratio": f"{memory['eco-sr'][1] / memory['master'][1]:.3f}",
       "curves": curves.name,
-      "not_run": ("Every arm was trained." if not not_run else
-                  f"Not trained for this page (they need at least "
-                  f"{len(not_run) * (len(setup.lrs) + len(setup.seeds) - 1)} more runs "
-                  f"than it had CPU time for; set `PAGE_PHASES` in `reproductions/eco.py` to "
-                  f"train them): {', '.join(LABELS[a] for a in not_run)}; the verdicts that "
-                  f"need them read *not run*."),
   }, all_records)
 
 
