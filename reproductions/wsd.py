@@ -129,77 +129,57 @@ def _paired_rows(pairs: list[tuple[str, list[dict], list[dict]]]) -> tuple[list[
   return rows, verdicts
 
 
+NOT_YET_RUN = ("*not yet run: the command above trains this part's runs next (the sweep resumes "
+               "where it stopped)*")
+
+
 def run(ctx: Context) -> None:
+  """Trains and reports the three parts in order; the page is rewritten after each, so a sweep
+  stopped early still leaves the finished parts on the page and the rest marked not yet run."""
   setup = Setup.of(ctx)
   T = setup.steps
+  values: dict[str, Any] = {
+      "steps": T, "tokens": f"{T * 2048 / 1e6:.1f}M", "warmup": setup.warmup,
+      "lrs": ", ".join(f"{v:g}" for v in setup.lrs),
+      "power_a": ", ".join(f"{v:g}" for v in setup.power_a), "margin": MARGIN,
+      "tune_cell": _tune_cell(setup)[0],
+      "power_budgets": ", ".join(f"{f:g}T" for f in POWER_BUDGETS),
+      **{key: NOT_YET_RUN for key in ("branch_table", "budget_figure", "cell_grid_table",
+                                       "cell_table")},
+      **{key: "not yet run" for key in ("verdict_branch", "verdict_power", "best_a",
+                                         "cell_inside")},
+      **{key: "–" for key in ("branch_same", "branch_steps", "cosine_steps", "branch_saving")}}
+  tuned, final, part_a = _equal_compute(ctx, setup)
+  values.update(part_a)
+  ctx.write_page(values, ctx.records())
+  values.update(_branching(ctx, setup, tuned["wsd 1-sqrt 20%"].best, tuned["cosine"].best,
+                           final))
+  ctx.write_page(values, ctx.records())
+  values.update(_power_transfer(ctx, setup))
+  ctx.write_page(values, ctx.records())
 
-  # (a) Equal compute: each arm tuned on validation, seeds TUNE_SEEDS on the grid.
+
+def _inside(tuned: dict[str, Any]) -> str:
+  if all(t.inside for t in tuned.values()):
+    return "every choice lies strictly inside its grid"
+  return "NOT every choice lies inside its grid: " + ", ".join(
+      a for a, t in tuned.items() if not t.inside)
+
+
+def _equal_compute(ctx: Context, setup: Setup) -> tuple[dict, dict, dict[str, Any]]:
+  """(a) Each arm tuned on validation (seeds TUNE_SEEDS on the grid), then 3 seeds at the
+  choice; the 10% decay at WSD's choice."""
   def arm_maker(arm: str):
     return lambda lr, seed: _spec(f"a_{arm.replace(' ', '_')}_lr{lr:g}_s{seed}",
                                   _arm_config(setup, arm, lr, seed), arm=arm, lr=lr, seed=seed)
 
-  tune_fraction = max(f for f, _ in setup.cells)
-  tune_cell, tune_steps = f"{tune_fraction:g}T_b16", int(tune_fraction * T)
-  power_maker = lambda a, seed: _spec(f"c_power_{tune_cell}_a{a:g}_s{seed}",
-                                      power(setup, a, seed, tune_steps, 16), a=a, seed=seed)
-  cell_makers = {}
-  for fraction, batch in setup.cells:
-    steps = int(fraction * T * 16 / batch)
-    cell = f"{fraction:g}T_b{batch}"
-    cell_makers[cell] = (
-        lambda lr, seed, steps=steps, batch=batch, cell=cell: _spec(
-            f"c_wsd_{cell}_lr{lr:g}_s{seed}",
-            wsd(setup, lr, seed, steps=steps, batch=batch,
-                warmup=max(1, round(WARMUP_FRACTION * steps))), cell=cell, lr=lr, seed=seed),
-        steps, batch)
-  tuned = ctx.tune(
-      {**{arm: (arm_maker(arm), setup.lrs) for arm in ARMS},
-       "power a": (power_maker, setup.power_a),
-       **{f"wsd {cell}": (maker, setup.lrs, setup.tune_seeds[:1])
-          for cell, (maker, _, _) in cell_makers.items()}},
-      seeds=setup.tune_seeds)  # the Power cells' WSD is tuned on one seed: see the protocol
-
+  tuned = ctx.tune({arm: (arm_maker(arm), setup.lrs) for arm in ARMS}, seeds=setup.tune_seeds)
   finals = {arm: [arm_maker(arm)(tuned[arm].best, s) for s in setup.seeds] for arm in ARMS}
-  best_wsd, best_cos = tuned["wsd 1-sqrt 20%"].best, tuned["cosine"].best
+  best_wsd = tuned["wsd 1-sqrt 20%"].best
   wsd10 = [_spec(f"a_wsd_1-sqrt_10%_lr{best_wsd:g}_s{s}",
                  wsd(setup, best_wsd, s, fraction=0.1), arm="wsd 1-sqrt 10%", seed=s)
            for s in setup.seeds]
-
-  # (b) Branching: one WSD run of budget 2T keeps its stable state at 0.4T and 0.8T; decays of
-  # 20% branch from there for the budgets T/2 and T (T/2 and T: the same warmup in steps as the
-  # 2T run, so the budget-T branch is step for step the (a) run). Cosine from scratch at T/2
-  # and 2T uses cosine's learning rate tuned at T.
-  budgets = (T // 2, T, 2 * T)
-  stable = []
-  for s in setup.seeds:
-    config = wsd(setup, best_wsd, s, steps=2 * T)
-    config.checkpoint.keep_every = int(np.gcd(int(0.4 * T), int(0.8 * T)))
-    stable.append(_spec(f"b_stable2T_s{s}", config, seed=s))
-  cosine_budgets = [_spec(f"b_cosine_{b}_s{s}", cosine(setup, best_cos, s, steps=b), budget=b,
-                          seed=s) for b in (budgets[0], budgets[2]) for s in setup.seeds]
-
-  # (c) Power: a tuned in one cell; the same a in every cell against WSD tuned per cell.
-  best_a = tuned["power a"].best
-  cells = {cell: (steps, batch) for cell, (_, steps, batch) in cell_makers.items()}
-  power_cells = [_spec(f"c_power_{cell}_a{best_a:g}_s{s}", power(setup, best_a, s, steps, batch),
-                       cell=cell, a=best_a, seed=s)
-                 for cell, (steps, batch) in cells.items() for s in setup.seeds]
-  cell_finals = [cell_makers[cell][0](tuned[f"wsd {cell}"].best, s)
-                 for cell in cell_makers for s in setup.seeds]
-  records = ctx.run([*[x for xs in finals.values() for x in xs], *wsd10, *stable,
-                     *cosine_budgets, *power_cells, *cell_finals])
-  branches = []
-  for s, spec in zip(setup.seeds, stable):
-    source = ctx.runs_dir / spec.name
-    for budget in budgets[:2]:
-      decay = int(0.2 * budget)
-      config = branch_config(dict(spec.config.to_dict()), str(source), budget - decay, decay)
-      branches.append(_spec(f"b_branch_{budget}_s{s}", config, budget=budget, seed=s))
-  records.update(ctx.run(branches))
-  all_records = ctx.records()
-
-  # Tables.
-  grid_rows = [[arm, tuned[arm].row()] for arm in tuned]
+  records = ctx.run([*[x for xs in finals.values() for x in xs], *wsd10])
   final = {arm: [records[x.name] for x in finals[arm]] for arm in ARMS}
   main_rows, main_verdicts = _paired_rows([
       ("WSD 1-sqrt 20% - cosine", final["wsd 1-sqrt 20%"], final["cosine"]),
@@ -211,12 +191,50 @@ def run(ctx: Context) -> None:
                mean_std([_test(r) for r in final[arm]]),
                f"{np.mean([r['summary']['final_test_loss_se'] for r in final[arm]]):.4f}"]
               for arm in ARMS]
+  return tuned, final, {
+      "params": f"{final['cosine'][0]['summary']['num_params']:,}",
+      "grid_table": markdown_table(["arm", "learning rate: mean validation loss (choice in "
+                                    "bold)"], [[arm, t.row()] for arm, t in tuned.items()]),
+      "arm_table": markdown_table(["arm", "lr", "validation loss", "test loss",
+                                   "test SE (eval)"], arm_rows),
+      "main_table": markdown_table(["difference (A - B)", "A test loss", "B test loss",
+                                    "paired difference ± SE (seeds)", "eval SE of one pair",
+                                    "verdict"], main_rows),
+      "curves": _plot_curves(ctx, setup, final).name,
+      "verdict_wsd": main_verdicts["WSD 1-sqrt 20% - cosine"],
+      "verdict_shape": main_verdicts["WSD 1-sqrt 20% - WSD linear 20%"],
+      "inside": _inside(tuned)}
+
+
+def _branching(ctx: Context, setup: Setup, best_wsd: float, best_cos: float,
+               final: dict[str, list[dict]]) -> dict[str, Any]:
+  """(b) One WSD run of budget 2T keeps its stable state at 0.4T and 0.8T; decays of 20%
+  branch from there for the budgets T/2 and T (the same warmup in steps as the 2T run, so the
+  budget-T branch is step for step the (a) run). Cosine from scratch at T/2 and 2T uses
+  cosine's learning rate tuned at T."""
+  T = setup.steps
+  budgets = (T // 2, T, 2 * T)
+  stable = []
+  for s in setup.seeds:
+    config = wsd(setup, best_wsd, s, steps=2 * T)
+    config.checkpoint.keep_every = int(np.gcd(int(0.4 * T), int(0.8 * T)))
+    stable.append(_spec(f"b_stable2T_s{s}", config, seed=s))
+  cosine_budgets = [_spec(f"b_cosine_{b}_s{s}", cosine(setup, best_cos, s, steps=b), budget=b,
+                          seed=s) for b in (budgets[0], budgets[2]) for s in setup.seeds]
+  records = ctx.run([*stable, *cosine_budgets])
+  branches = []
+  for s, spec in zip(setup.seeds, stable):
+    source = ctx.runs_dir / spec.name
+    for budget in budgets[:2]:
+      decay = int(0.2 * budget)
+      config = branch_config(dict(spec.config.to_dict()), str(source), budget - decay, decay)
+      branches.append(_spec(f"b_branch_{budget}_s{s}", config, budget=budget, seed=s))
+  records.update(ctx.run(branches))
 
   by_budget = {}
   for b in budgets:
     if b == T:
-      branch_b = final["wsd 1-sqrt 20%"]
-      cosine_b = final["cosine"]
+      branch_b, cosine_b = final["wsd 1-sqrt 20%"], final["cosine"]
     else:
       branch_b = ([records[f"b_stable2T_s{s}"] for s in setup.seeds] if b == 2 * T
                   else [records[f"b_branch_{b}_s{s}"] for s in setup.seeds])
@@ -229,71 +247,94 @@ def run(ctx: Context) -> None:
           for i, s in enumerate(setup.seeds)]
   branch_steps = int(0.8 * 2 * T) + sum(int(0.2 * b) for b in budgets[:2]) + int(0.4 * T)
   cosine_steps = sum(budgets)
-
-  def cell_wsd(cell: str) -> list[dict[str, Any]]:
-    return [records[cell_makers[cell][0](tuned[f"wsd {cell}"].best, s).name]
-            for s in setup.seeds]
-
-  cell_pairs = [(f"{cell}: Power(a={best_a:g}) - WSD tuned",
-                 [records[f"c_power_{cell}_a{best_a:g}_s{s}"] for s in setup.seeds],
-                 cell_wsd(cell)) for cell in cells]
-  cell_rows, cell_verdicts = _paired_rows(cell_pairs)
-  transfer_ok = sum(v in ("matches", "beats") for v in cell_verdicts.values())
-
-  curves_png = _plot(ctx, setup, final, by_budget, budgets)
-  ctx.write_page({
-      "params": f"{records[finals['cosine'][0].name]['summary']['num_params']:,}",
-      "steps": T, "tokens": f"{T * 2048 / 1e6:.1f}M", "warmup": setup.warmup,
-      "lrs": ", ".join(f"{v:g}" for v in setup.lrs), "power_a": ", ".join(f"{v:g}" for v in
-                                                                           setup.power_a),
-      "margin": MARGIN, "grid_table": markdown_table(["arm", "learning rate: mean validation "
-                                                      "loss (choice in bold)"], grid_rows),
-      "arm_table": markdown_table(["arm", "lr", "validation loss", "test loss",
-                                   "test SE (eval)"], arm_rows),
-      "main_table": markdown_table(["difference (A - B)", "A test loss", "B test loss",
-                                    "paired difference ± SE (seeds)", "eval SE of one pair",
-                                    "verdict"], main_rows),
+  figure = _plot_budgets(ctx, by_budget, budgets)
+  return {
       "branch_table": markdown_table(["difference", "branch", "cosine from scratch",
                                       "paired difference ± SE", "eval SE of one pair",
                                       "verdict"], branch_rows),
-      "cell_table": markdown_table(["cell", "Power", "WSD (lr tuned in the cell)",
-                                    "paired difference ± SE", "eval SE of one pair",
-                                    "verdict"], cell_rows),
+      "budget_figure": f"![branched decays and cosine per budget](./{figure.name})",
       "branch_same": f"{sum(same)}/{len(same)}",
       "branch_steps": branch_steps, "cosine_steps": cosine_steps,
       "branch_saving": f"{1 - branch_steps / cosine_steps:.0%}",
-      "verdict_wsd": main_verdicts["WSD 1-sqrt 20% - cosine"],
-      "verdict_shape": main_verdicts["WSD 1-sqrt 20% - WSD linear 20%"],
       "verdict_branch": ", ".join(f"{b} steps: {branch_verdicts[label]}"
-                                  for b, label in zip(budgets, branch_verdicts)),
-      "verdict_power": f"{transfer_ok}/{len(cell_verdicts)} cells",
-      "best_a": f"{best_a:g}", "curves": curves_png.name, "tune_cell": tune_cell,
-      "power_budgets": ", ".join(f"{f:g}T" for f in POWER_BUDGETS),
-      "inside": "every choice lies strictly inside its grid" if all(
-          t.inside for t in tuned.values()) else "NOT every choice lies inside its grid: "
-      + ", ".join(a for a, t in tuned.items() if not t.inside),
-  }, all_records)
+                                  for b, label in zip(budgets, branch_verdicts))}
 
 
-def _plot(ctx: Context, setup: Setup, final: dict, by_budget: dict, budgets) -> Any:
-  fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(12, 4.2))
+def _tune_cell(setup: Setup) -> tuple[str, int]:
+  fraction = max(f for f, _ in setup.cells)
+  return f"{fraction:g}T_b16", int(fraction * setup.steps)
+
+
+def _power_transfer(ctx: Context, setup: Setup) -> dict[str, Any]:
+  """(c) Power's `a` tuned in one cell; the same `a` in every cell against WSD tuned per cell
+  (on one seed: see the protocol), then 3 seeds each."""
+  T = setup.steps
+  tune_cell, tune_steps = _tune_cell(setup)
+  power_maker = lambda a, seed: _spec(f"c_power_{tune_cell}_a{a:g}_s{seed}",
+                                      power(setup, a, seed, tune_steps, 16), a=a, seed=seed)
+  cell_makers = {}
+  for fraction, batch in setup.cells:
+    steps = int(fraction * T * 16 / batch)  # the same tokens at both batch sizes
+    cell = f"{fraction:g}T_b{batch}"
+    cell_makers[cell] = (
+        lambda lr, seed, steps=steps, batch=batch, cell=cell: _spec(
+            f"c_wsd_{cell}_lr{lr:g}_s{seed}",
+            wsd(setup, lr, seed, steps=steps, batch=batch,
+                warmup=max(1, round(WARMUP_FRACTION * steps))), cell=cell, lr=lr, seed=seed),
+        steps, batch)
+  tuned = ctx.tune(
+      {"power a": (power_maker, setup.power_a),
+       **{f"wsd {cell}": (maker, setup.lrs, setup.tune_seeds[:1])
+          for cell, (maker, _, _) in cell_makers.items()}},
+      seeds=setup.tune_seeds)
+  best_a = tuned["power a"].best
+  power_cells = {cell: [_spec(f"c_power_{cell}_a{best_a:g}_s{s}",
+                              power(setup, best_a, s, steps, batch), cell=cell, a=best_a, seed=s)
+                        for s in setup.seeds]
+                 for cell, (_, steps, batch) in cell_makers.items()}
+  wsd_cells = {cell: [maker(tuned[f"wsd {cell}"].best, s) for s in setup.seeds]
+               for cell, (maker, _, _) in cell_makers.items()}
+  records = ctx.run([x for cells in (power_cells, wsd_cells) for xs in cells.values()
+                     for x in xs])
+  cell_rows, cell_verdicts = _paired_rows([
+      (f"{cell}: Power(a={best_a:g}) - WSD tuned", [records[x.name] for x in power_cells[cell]],
+       [records[x.name] for x in wsd_cells[cell]]) for cell in cell_makers])
+  transfer_ok = sum(v in ("matches", "beats") for v in cell_verdicts.values())
+  return {
+      "cell_grid_table": markdown_table(["tuned", "value: mean validation loss (choice in "
+                                         "bold)"], [[k, t.row()] for k, t in tuned.items()]),
+      "cell_inside": _inside(tuned),
+      "cell_table": markdown_table(["cell", "Power", "WSD (lr tuned in the cell)",
+                                    "paired difference ± SE", "eval SE of one pair",
+                                    "verdict"], cell_rows),
+      "verdict_power": f"{transfer_ok}/{len(cell_verdicts)} cells", "best_a": f"{best_a:g}"}
+
+
+def _plot_curves(ctx: Context, setup: Setup, final: dict) -> Any:
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for arm, color in zip(ARMS, ("C0", "C3", "C1")):
     curves = [(np.array(r["curve"]["step"]), np.array(r["curve"].get("eval_loss", [])))
               for r in final[arm]]
     steps = curves[0][0][[v is not None for v in curves[0][1]]]
     ys = np.mean([np.array([v for v in c[1] if v is not None], float) for c in curves], axis=0)
-    ax_a.plot(steps, ys, color=color, label=arm)
-  ax_a.set(xlabel="step", ylabel="validation loss (nats/byte), mean over seeds",
-           title=f"(a) equal compute, {setup.steps} steps")
+    ax.plot(steps, ys, color=color, label=arm)
+  ax.set(xlabel="step", ylabel="validation loss (nats/byte), mean over seeds",
+         title=f"(a) equal compute, {setup.steps} steps")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return ctx.save_figure(fig, "curves")
+
+
+def _plot_budgets(ctx: Context, by_budget: dict, budgets) -> Any:
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for b in budgets:
     branch, cosine_b = by_budget[b]
-    ax_b.scatter([b] * len(branch), [_test(r) for r in branch], color="C3", marker="o",
-                 label="WSD branch" if b == budgets[0] else None)
-    ax_b.scatter([b] * len(cosine_b), [_test(r) for r in cosine_b], color="C0", marker="x",
-                 label="cosine from scratch" if b == budgets[0] else None)
-  ax_b.set(xlabel="budget (steps)", ylabel="test loss", xscale="log",
-           title="(b) branched decays vs cosine per budget")
-  for ax in (ax_a, ax_b):
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-  return ctx.save_figure(fig, "curves")
+    ax.scatter([b] * len(branch), [_test(r) for r in branch], color="C3", marker="o",
+               label="WSD branch" if b == budgets[0] else None)
+    ax.scatter([b] * len(cosine_b), [_test(r) for r in cosine_b], color="C0", marker="x",
+               label="cosine from scratch" if b == budgets[0] else None)
+  ax.set(xlabel="budget (steps)", ylabel="test loss", xscale="log",
+         title="(b) branched decays vs cosine per budget")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return ctx.save_figure(fig, "budgets")
