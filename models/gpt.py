@@ -21,6 +21,8 @@ product with them (`layers.unembed`) is the logits: the loss can then be chunked
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -81,6 +83,7 @@ class GPT(nn.Module):
   attention_impl: str | None = None
   remat: str = "none"
   scan_layers: bool = False
+  activation_sharding: Any = None  # see `stack.apply_blocks`; the run builder sets it
 
   @nn.compact
   def __call__(self, tokens_BxL, return_hidden: bool = False):
@@ -97,7 +100,8 @@ class GPT(nn.Module):
     block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=dtype,
                         param_dtype=param_dtype, attention_impl=self.attention_impl)
     x_BxLxD = stack.apply_blocks(x_BxLxD, Block, block_kwargs, self.num_layers, self.remat,
-                                 self.scan_layers)
+                                 self.scan_layers,
+                                 self.activation_sharding)
     hidden_BxLxD = layers.layer_norm("ln_final", dtype, param_dtype)(x_BxLxD)
     if return_hidden:
       return hidden_BxLxD

@@ -24,6 +24,7 @@ when scanned.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -116,6 +117,7 @@ class Llama(nn.Module):
   attention_impl: str | None = None
   remat: str = "none"
   scan_layers: bool = False
+  activation_sharding: Any = None  # see `stack.apply_blocks`; the run builder sets it
 
   @nn.compact
   def __call__(self, tokens_BxL, return_hidden: bool = False):
@@ -135,7 +137,8 @@ class Llama(nn.Module):
         norm_eps=self.norm_eps, out_stddev=0.02 / math.sqrt(2 * self.num_layers), dtype=dtype,
         param_dtype=param_dtype, attention_impl=self.attention_impl)
     x_BxLxD = stack.apply_blocks(embed(tokens_BxL), Block, block_kwargs, self.num_layers,
-                                 self.remat, self.scan_layers)
+                                 self.remat, self.scan_layers,
+                                 self.activation_sharding)
     hidden_BxLxD = layers.RMSNorm(self.norm_eps, dtype, param_dtype, name="final_norm")(x_BxLxD)
     if self.tie_embeddings:
       unembed_DxV = jnp.transpose(embed.embedding)

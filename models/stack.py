@@ -8,10 +8,18 @@ only each block's input, "dots_saveable" (alias "minimal") also keeps the matmul
 `num_layers`; their parameters are stacked on a leading axis named `layers` (module "blocks")
 instead of living under `block_0` ... `block_{n-1}`. `stack_layers` and `unstack_layers`
 convert a parameter tree between the two layouts.
+
+`activation_sharding` (a `jax.sharding.NamedSharding`, or None to leave placement to XLA) pins
+the [B, L, D] activations entering and leaving every block, so that under FSDP they stay split
+along the batch while the parameters are gathered, instead of whatever sharding propagation
+infers from the `embed`-sharded weights (GSPMD, Xu et al., arXiv 2105.04663: a
+few annotations on activations steer the partitioner). A dimension that the sharding's mesh
+axes do not divide is left unconstrained, so the same model also runs on odd batch sizes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -31,31 +39,45 @@ def _block_name(i: int) -> str:
   return f"block_{i}"
 
 
-def _scan_body(block_cls):
+def constrain(x, sharding: jax.sharding.NamedSharding | None):
+  """`x` pinned to `sharding` where its mesh axes divide `x`'s dimensions; else `x` as is."""
+  if sharding is None:
+    return x
+  for dim, axes in zip(x.shape, sharding.spec):
+    names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+    if dim % math.prod(sharding.mesh.shape[n] for n in names):
+      return x
+  return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _scan_body(block_cls, activation_sharding):
   """`block_cls` with the `(carry, x) -> (carry, y)` signature that `nn.scan` needs."""
 
   class ScanBody(block_cls):
 
     def __call__(self, x_BxLxD, _):
-      return block_cls.__call__(self, x_BxLxD), None
+      return constrain(block_cls.__call__(self, x_BxLxD), activation_sharding), None
 
   ScanBody.__name__ = f"Scanned{block_cls.__name__}"
   return ScanBody
 
 
 def apply_blocks(x_BxLxD, block_cls, block_kwargs: dict[str, Any], num_layers: int,
-                 remat: str = "none", scan_layers: bool = False):
+                 remat: str = "none", scan_layers: bool = False,
+                 activation_sharding: jax.sharding.NamedSharding | None = None):
   """Applies `num_layers` blocks `block_cls(**block_kwargs)` in order; call it inside a
   compact method (the blocks become that module's children)."""
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}; use one of {', '.join(REMAT_POLICIES)}")
   if remat != "none":  # a scan already keeps XLA from merging recomputation into the forward
     block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=not scan_layers)
+  x_BxLxD = constrain(x_BxLxD, activation_sharding)
   if not scan_layers:
     for i in range(num_layers):
       x_BxLxD = block_cls(**block_kwargs, name=_block_name(i))(x_BxLxD)
+      x_BxLxD = constrain(x_BxLxD, activation_sharding)
     return x_BxLxD
-  scanned = nn.scan(_scan_body(block_cls), variable_axes={"params": 0},
+  scanned = nn.scan(_scan_body(block_cls, activation_sharding), variable_axes={"params": 0},
                     split_rngs={"params": True, "dropout": True}, length=num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
   x_BxLxD, _ = scanned(**block_kwargs, name=SCANNED_NAME)(x_BxLxD, None)

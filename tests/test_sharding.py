@@ -21,7 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 5
 
 # Runs with 8 virtual CPU devices: trains on a data=2 x fsdp=4 mesh (parameters FSDP-sharded,
-# batch over both axes), then restores the final checkpoint onto 4 and 2 of the devices.
+# batch and activations over both axes), then restores the final checkpoint onto 4 and 2 of
+# the devices.
 EIGHT_DEVICES = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
@@ -37,6 +38,9 @@ EIGHT_DEVICES = textwrap.dedent("""
     loop.train(config, workdir, progress=False)
     trainer = Trainer(build_run(config))
     spec = trainer.state_sharding.params["embed"]["embedding"].spec
+    tokens = trainer.step_batch(0)["inputs"]
+    hidden = jax.jit(lambda p, t: trainer.run.model.apply({"params": p}, t, return_hidden=True))(
+        trainer.init_state().params, tokens)
     written = checkpoint.Checkpoints(workdir, read_only=True).restore(steps, trainer.abstract_state)
     flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in
             jax.tree_util.tree_flatten_with_path(jax.device_get(written))[0]}
@@ -50,7 +54,8 @@ EIGHT_DEVICES = textwrap.dedent("""
       for p, x in leaves:
         np.testing.assert_array_equal(np.asarray(x), flat[jax.tree_util.keystr(p)])
       counts[n] = sorted({len(x.sharding.device_set) for _, x in leaves})
-    print(json.dumps({"embedding_spec": str(spec), "devices": counts}))
+    print(json.dumps({"embedding_spec": str(spec), "hidden_spec": str(hidden.sharding.spec),
+                      "devices": counts}))
 """)
 
 
@@ -65,6 +70,7 @@ def test_eight_devices_match_one_and_restore_onto_fewer(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["embedding_spec"] == "P(None, 'fsdp')"
+  assert report["hidden_spec"] == "P(('data', 'fsdp'),)"  # activations split along the batch
   assert report["devices"] == {"4": [4], "2": [2]}
 
   config = lm.get_config("size=test")

@@ -147,12 +147,16 @@ def _dataset(config: Any, batch_size: int, seed: int) -> Dataset:
   return dataset
 
 
-def _model(config: Any, dataset: Dataset, seed: int) -> tuple[nn.Module, Any]:
+def _model(config: Any, dataset: Dataset, seed: int, mesh: Mesh) -> tuple[nn.Module, Any]:
   name = config.model.name
   if name not in MODELS:
     raise UsageError(f"model.name={name!r} is unknown; use one of {', '.join(sorted(MODELS))}")
   model_class = MODELS[name]
   fields = {f.name for f in dataclasses.fields(model_class)} - {"parent", "name"}
+  placed = {}
+  if "activation_sharding" in fields:  # set from the mesh, not by the config
+    fields.remove("activation_sharding")
+    placed["activation_sharding"] = sharding.batch_sharding(mesh) if mesh.size > 1 else None
   derived = "vocab_size" if "vocab_size" in fields else "num_classes"
   if (derived == "vocab_size") != (dataset.kind == "lm"):
     raise UsageError(f"model.name={name!r} cannot train on data.name={dataset.name!r}; use a "
@@ -168,7 +172,7 @@ def _model(config: Any, dataset: Dataset, seed: int) -> tuple[nn.Module, Any]:
       raise UsageError(f"model.context_len={context} is shorter than data.seq_len="
                        f"{dataset.input_shape[0]}; raise model.context_len or lower data.seq_len")
   model = _building(f"model {name!r}", "model",
-                    lambda: model_class(**kwargs, **{derived: dataset.num_classes}))
+                    lambda: model_class(**kwargs, **placed, **{derived: dataset.num_classes}))
   dtype = jnp.int32 if dataset.kind == "lm" else jnp.float32
   example = jax.ShapeDtypeStruct((1, *dataset.input_shape), dtype)
   variables = _building(f"model {name!r}", "model", lambda: jax.eval_shape(
@@ -229,7 +233,7 @@ def build_run(config: Any, devices: list[jax.Device] | None = None,
                      f"of {shards * accumulation}")
   learning_rate = positive_number("optimizer.learning_rate", config.optimizer.learning_rate)
   dataset = dataset or _dataset(config, batch_size, seed)
-  model, variables = _model(config, dataset, seed)
+  model, variables = _model(config, dataset, seed, mesh)
   loss_chunk = integer(config, "loss.chunk_size", 0, 0)
   if loss_chunk and not hasattr(model, "unembedding_DxV"):
     raise UsageError(f"loss.chunk_size={loss_chunk} needs a language model (gpt, llama); set "
