@@ -148,7 +148,8 @@ def run(ctx: Context) -> None:
                                        "cell_table")},
       **{key: "not yet run" for key in ("verdict_branch", "verdict_power", "best_a",
                                          "cell_inside")},
-      **{key: "–" for key in ("branch_same", "branch_steps", "cosine_steps", "branch_saving")}}
+      **{key: "–" for key in ("branch_same", "branch_gap", "branch_first", "branch_steps",
+                             "cosine_steps", "branch_saving")}}
   tuned, final, part_a = _equal_compute(ctx, setup)
   values.update(part_a)
   ctx.write_page(values, ctx.records())
@@ -242,9 +243,14 @@ def _branching(ctx: Context, setup: Setup, best_wsd: float, best_cos: float,
     by_budget[b] = (branch_b, cosine_b)
   branch_rows, branch_verdicts = _paired_rows(
       [(f"budget {b} steps: branch - cosine", *by_budget[b]) for b in budgets])
-  same = [records[f"b_branch_{T}_s{s}"]["summary"]["params_sha256"]
-          == final["wsd 1-sqrt 20%"][i]["summary"]["params_sha256"]
-          for i, s in enumerate(setup.seeds)]
+  pairs = [(records[f"b_branch_{T}_s{s}"]["summary"], final["wsd 1-sqrt 20%"][i]["summary"])
+           for i, s in enumerate(setup.seeds)]
+  same = [b["params_sha256"] == a["params_sha256"] for b, a in pairs]
+  gap = max(abs(b["final_test_loss"] - a["final_test_loss"]) for b, a in pairs)
+  a_curve, stable_curve = final["wsd 1-sqrt 20%"][0]["curve"], records[stable[0].name]["curve"]
+  first = min(set(a_curve["step"]) & set(stable_curve["step"]), default=None)
+  first_losses = [c["train_loss"][c["step"].index(first)] if first else float("nan")
+                  for c in (a_curve, stable_curve)]
   branch_steps = int(0.8 * 2 * T) + sum(int(0.2 * b) for b in budgets[:2]) + int(0.4 * T)
   cosine_steps = sum(budgets)
   figure = _plot_budgets(ctx, by_budget, budgets)
@@ -253,7 +259,9 @@ def _branching(ctx: Context, setup: Setup, best_wsd: float, best_cos: float,
                                       "paired difference ± SE", "eval SE of one pair",
                                       "verdict"], branch_rows),
       "budget_figure": f"![branched decays and cosine per budget](./{figure.name})",
-      "branch_same": f"{sum(same)}/{len(same)}",
+      "branch_same": f"{sum(same)}/{len(same)}", "branch_gap": f"{gap:.4f}",
+      "branch_first": f"step {first} ({first_losses[0]:.7f} against {first_losses[1]:.7f}, "
+                      f"seed {setup.seeds[0]})",
       "branch_steps": branch_steps, "cosine_steps": cosine_steps,
       "branch_saving": f"{1 - branch_steps / cosine_steps:.0%}",
       "verdict_branch": ", ".join(f"{b} steps: {branch_verdicts[label]}"
