@@ -65,8 +65,28 @@ def covers(stored: Any, current: Any) -> bool:
   return stored == current
 
 
+SOURCE_KEYS = ("resume_from", "branch_from", "init_from")
+
+
+def identity(config: Any) -> Any:
+  """The config as JSON with the run folders it starts from (`checkpoint.branch_from`, ...)
+  named from inside the `reproduce-NAME` runs folder, so a record made in another checkout
+  (a sweep worktree) still matches the same run planned here."""
+  config = rundir.as_json(config)
+  checkpoint = config.get("checkpoint") if isinstance(config, dict) else None
+  if not isinstance(checkpoint, dict):
+    return config
+  named = dict(checkpoint)
+  for key in SOURCE_KEYS:
+    parts = pathlib.PurePath(named.get(key) or "").parts
+    inside = [i for i, p in enumerate(parts) if re.fullmatch(r"(reproduce|runs)-.+", p)]
+    if inside:
+      named[key] = "/".join(parts[inside[-1] + 1:])
+  return {**config, "checkpoint": named}
+
+
 def config_sha(config: Any) -> str:
-  return hashlib.sha256(json.dumps(rundir.as_json(config), sort_keys=True).encode()).hexdigest()
+  return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()
 
 
 def _curve(run_dir: pathlib.Path) -> dict[str, list[float]]:
@@ -197,7 +217,7 @@ class Context:
     for spec in specs:
       record = have.get(spec.name)
       if record is not None and record["config_sha256"] != config_sha(spec.config) and not (
-          "config" in record and covers(record["config"], rundir.as_json(spec.config))):
+          "config" in record and covers(identity(record["config"]), identity(spec.config))):
         raise UsageError(f"{self.records_path} holds run {spec.name!r} of a different config; "
                          "delete its line (or rename the run) to train it again")
       if spec.name not in have:

@@ -146,7 +146,7 @@ def run(ctx: Context) -> None:
       "power_budgets": ", ".join(f"{f:g}T" for f in POWER_BUDGETS),
       **{key: NOT_YET_RUN for key in ("branch_table", "budget_figure", "cell_grid_table",
                                        "cell_table")},
-      **{key: "not yet run" for key in ("verdict_branch", "verdict_power", "best_a",
+      **{key: "not yet run" for key in ("verdict_branch", "verdict_power", "power_claim", "best_a",
                                          "cell_inside")},
       **{key: "–" for key in ("branch_same", "branch_gap", "branch_first", "branch_steps",
                              "cosine_steps", "branch_saving")}}
@@ -315,7 +315,9 @@ def _power_transfer(ctx: Context, setup: Setup) -> dict[str, Any]:
       "cell_table": markdown_table(["cell", "Power", "WSD (lr tuned in the cell)",
                                     "paired difference ± SE", "eval SE of one pair",
                                     "verdict"], cell_rows),
-      "verdict_power": f"{transfer_ok}/{len(cell_verdicts)} cells", "best_a": f"{best_a:g}"}
+      "verdict_power": f"{transfer_ok}/{len(cell_verdicts)} cells",
+      "power_claim": "supported" if transfer_ok == len(cell_verdicts) else "not supported",
+      "best_a": f"{best_a:g}"}
 
 
 def _plot_curves(ctx: Context, setup: Setup, final: dict) -> Any:

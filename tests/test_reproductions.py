@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
@@ -35,3 +36,27 @@ def test_plan_lists_the_first_runs_without_training_or_writing(run_module, tmp_p
   assert "[eco] 0 of 9 runs of this phase have records; to train (9 runs," in result.stderr
   assert "master_lr0.002_s0" in result.stderr
   assert list(tmp_path.iterdir()) == []  # no records, no page
+
+
+COMPLETE = ("wsd", "uba", "eco", "knapsack_rl")  # pages whose every run has a committed record
+
+
+@pytest.mark.parametrize("name", COMPLETE)
+def test_committed_records_regenerate_the_page_without_training(name, capsys):
+  ctx = reproductions.Context(name=name, out_dir=reproductions.REPO / "docs" / "results",
+                              quick=False, seeds=None, command="", plan_only=True)
+  importlib.import_module(f"reproductions.{name}").run(ctx)  # a missing record exits
+  assert "every run has a record" in capsys.readouterr().err
+
+
+def test_a_record_made_in_another_checkout_matches_its_branch_run():
+  config = {"lr": 0.1, "checkpoint": {"branch_from": "", "branch_step": 40}}
+  here = {**config, "checkpoint": {"branch_from": str(
+      reproductions.REPO / "runs" / "reproduce-wsd" / "stable_s0"), "branch_step": 40}}
+  there = {**config, "checkpoint": {"branch_from": "/elsewhere/runs/reproduce-wsd/stable_s0",
+                                    "branch_step": 40}}
+  other_run = {**config, "checkpoint": {"branch_from": "/elsewhere/runs/reproduce-wsd/stable_s1",
+                                        "branch_step": 40}}
+  assert reproductions.config_sha(here) == reproductions.config_sha(there)
+  assert reproductions.config_sha(here) != reproductions.config_sha(other_run)
+  assert reproductions.config_sha(config) != reproductions.config_sha(here)
