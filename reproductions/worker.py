@@ -16,19 +16,14 @@ import ml_collections
 import numpy as np
 
 from trainlab.training import continual, grpo, loop
-from trainlab.training.checkpoint import Checkpoints
-from trainlab.training.run import build_run
+from trainlab.training.state import TrainState
 from trainlab.training.trainer import Trainer
 
 
-def save_final_evals(config: Any, run_dir: pathlib.Path) -> None:
+def save_final_evals(trainer: Trainer, state: TrainState, run_dir: pathlib.Path) -> None:
   """`RUN/final_test.json` (the final parameters' test loss, its standard error, accuracy) and
   `RUN/final_examples.npz` (their loss on every validation and test example, for paired
   comparisons between runs on the same examples)."""
-  trainer = Trainer(build_run(config))
-  checkpoints = Checkpoints(run_dir, read_only=True)
-  state = checkpoints.restore(checkpoints.steps()[-1], trainer.abstract_state)
-  checkpoints.close()
   splits = ["eval"] + (["test"] if trainer.run.dataset.test_batches is not None else [])
   (run_dir / "final_test.json").write_text(json.dumps(trainer.test_metrics(state.params)))
   np.savez(run_dir / "final_examples.npz",
@@ -37,9 +32,7 @@ def save_final_evals(config: Any, run_dir: pathlib.Path) -> None:
 
 def train(kind: str, config: Any, run_dir: pathlib.Path) -> None:
   if kind == "train":
-    loop.train(config, run_dir, progress=False)
-    if not (run_dir / "final_examples.npz").exists():
-      save_final_evals(config, run_dir)
+    loop.train(config, run_dir, progress=False, on_finish=save_final_evals)
   elif kind == "stream":
     continual.run_stream(config, run_dir, progress=False)
   elif kind == "rl":

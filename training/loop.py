@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -24,6 +24,7 @@ from trainlab.training import metrics as metrics_lib
 from trainlab.training import preemption, resume, rundir
 from trainlab.training import workdir as workdir_lib
 from trainlab.training.run import Run, build_run
+from trainlab.training.state import TrainState
 from trainlab.training.trainer import Trainer
 
 
@@ -36,19 +37,27 @@ def _num_params(params: Any) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params, is_leaf=is_q)))
 
 
-def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
-  """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
+Finisher = Callable[[Trainer, TrainState, pathlib.Path], None]
+
+
+def train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True,
+          on_finish: Finisher | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` and returns the summary (also written to summary.json).
+  `on_finish(trainer, final_state, workdir)`, if given, runs after the summary is written,
+  with the folder still locked (e.g. extra evaluations of the final parameters)."""
   workdir_lib.check_usable(workdir)  # before anything is built
-  return train_run(build_run(config), workdir, progress=progress)
+  return train_run(build_run(config), workdir, progress=progress, on_finish=on_finish)
 
 
-def train_run(run: Run, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
+def train_run(run: Run, workdir: str | pathlib.Path, *, progress: bool = True,
+              on_finish: Finisher | None = None) -> dict[str, Any]:
   """Trains a built run in `workdir`, which it holds locked for the whole run; see `train`."""
   with workdir_lib.hold(workdir) as held:
-    return _train(run, held, progress)
+    return _train(run, held, progress, on_finish)
 
 
-def _train(run: Run, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
+def _train(run: Run, workdir: pathlib.Path, progress: bool,
+           on_finish: Finisher | None) -> dict[str, Any]:
   start_time = time.time()
   is_main = jax.process_index() == 0
   trainer = Trainer(run)
@@ -151,4 +160,6 @@ def _train(run: Run, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
   summary.update({f"final_{k}": v for k, v in eval_metrics.items()
                   if k == "eval_accuracy" or k.startswith("test_")})
   rundir.write_json(workdir / "summary.json", summary)
+  if on_finish is not None:
+    on_finish(trainer, state, workdir)
   return summary
