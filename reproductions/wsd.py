@@ -146,8 +146,8 @@ def run(ctx: Context) -> None:
       "power_budgets": ", ".join(f"{f:g}T" for f in POWER_BUDGETS),
       **{key: NOT_YET_RUN for key in ("branch_table", "budget_figure", "cell_grid_table",
                                        "cell_table")},
-      **{key: "not yet run" for key in ("verdict_branch", "verdict_power", "power_claim", "best_a",
-                                         "cell_inside")},
+      **{key: "not yet run" for key in ("verdict_branch", "verdict_power", "power_claim",
+                                         "power_home", "best_a", "cell_inside")},
       **{key: "–" for key in ("branch_same", "branch_gap", "branch_first", "branch_steps",
                              "cosine_steps", "branch_saving")}}
   tuned, final, part_a = _equal_compute(ctx, setup)
@@ -308,6 +308,7 @@ def _power_transfer(ctx: Context, setup: Setup) -> dict[str, Any]:
       (f"{cell}: Power(a={best_a:g}) - WSD tuned", [records[x.name] for x in power_cells[cell]],
        [records[x.name] for x in wsd_cells[cell]]) for cell in cell_makers])
   transfer_ok = sum(v in ("matches", "beats") for v in cell_verdicts.values())
+  home = cell_verdicts[f"{tune_cell}: Power(a={best_a:g}) - WSD tuned"]
   return {
       "cell_grid_table": markdown_table(["tuned", "value: mean validation loss (choice in "
                                          "bold)"], [[k, t.row()] for k, t in tuned.items()]),
@@ -317,6 +318,7 @@ def _power_transfer(ctx: Context, setup: Setup) -> dict[str, Any]:
                                     "verdict"], cell_rows),
       "verdict_power": f"{transfer_ok}/{len(cell_verdicts)} cells",
       "power_claim": "supported" if transfer_ok == len(cell_verdicts) else "not supported",
+      "power_home": home,
       "best_a": f"{best_a:g}"}
 
 
