@@ -38,7 +38,7 @@ def test_plan_lists_the_first_runs_without_training_or_writing(run_module, tmp_p
   assert list(tmp_path.iterdir()) == []  # no records, no page
 
 
-COMPLETE = ("wsd", "uba", "eco", "knapsack_rl")  # pages whose every run has a committed record
+COMPLETE = ("wsd", "uba", "eco")  # complete pages (knapsack_rl: its offline study costs 25 s)
 
 
 @pytest.mark.parametrize("name", COMPLETE)
