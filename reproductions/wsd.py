@@ -304,11 +304,12 @@ def _power_transfer(ctx: Context, setup: Setup) -> dict[str, Any]:
                for cell, (maker, _, _) in cell_makers.items()}
   records = ctx.run([x for cells in (power_cells, wsd_cells) for xs in cells.values()
                      for x in xs])
+  label = {cell: f"{cell}: Power(a={best_a:g}) - WSD tuned" for cell in cell_makers}
   cell_rows, cell_verdicts = _paired_rows([
-      (f"{cell}: Power(a={best_a:g}) - WSD tuned", [records[x.name] for x in power_cells[cell]],
+      (label[cell], [records[x.name] for x in power_cells[cell]],
        [records[x.name] for x in wsd_cells[cell]]) for cell in cell_makers])
   transfer_ok = sum(v in ("matches", "beats") for v in cell_verdicts.values())
-  home = cell_verdicts[f"{tune_cell}: Power(a={best_a:g}) - WSD tuned"]
+  home = cell_verdicts[label[tune_cell]]
   return {
       "cell_grid_table": markdown_table(["tuned", "value: mean validation loss (choice in "
                                          "bold)"], [[k, t.row()] for k, t in tuned.items()]),
