@@ -311,6 +311,20 @@ def test_complex_params_work_or_raise_clearly(name):
   test_utils.assert_trees_all_close(params, final, rtol=3e-2, atol=3e-2)
 
 
+def default_compile(fn):
+  """`jax.jit(fn)`, compiled with XLA's default CPU options instead of the suite's fast ones
+  (conftest.FAST_COMPILE): bit-exactness between two programs is a property of that compile."""
+  compiled = {}
+
+  def call(*args):
+    key = (jax.tree.structure(args), *((x.shape, x.dtype) for x in jax.tree.leaves(args)))
+    if key not in compiled:
+      compiled[key] = jax.jit(fn).lower(*args).compile(compiler_options={
+          "xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True})
+    return compiled[key](*args)
+  return call
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_apply_updates_on_own_parameter_representation(name):
   """`optax.apply_updates(params, updates)` applies the step to the params as the optimizer
@@ -337,7 +351,7 @@ def test_apply_updates_on_own_parameter_representation(name):
   held = {"quantized": qz.quantize_tree(dense, quantizer)}
   held["float"] = qz.dequantize_tree(held["quantized"])
   states = {k: opt.init(p) for k, p in held.items()}
-  update = jax.jit(opt.update)
+  update = default_compile(opt.update)
   storage = [(x.shape, x.dtype) for x in jax.tree.leaves(held["quantized"])]
   for t in range(3):
     for k in held:
@@ -389,7 +403,8 @@ def test_state_sharding_stable_on_8_devices():
   for every entry, in one subprocess with 8 host devices: f16 params `(2, 8, 4)` sharded
   `P(None, 'x')` on an explicit mesh; the state's types (shape, dtype, sharding) from
   `init` equal those after `update`, eager and jitted."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=8")
   root = pathlib.Path(__file__).resolve().parents[1]
   out = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT, json.dumps(SETTINGS),
                         json.dumps(DEFAULT)], env=env, cwd=root, capture_output=True, text=True,

@@ -64,7 +64,7 @@ def test_eight_devices_match_one_and_restore_onto_fewer(tmp_path):
   script.write_text(EIGHT_DEVICES)
   workdir = tmp_path / "eight"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+         "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, str(script), str(workdir), str(STEPS)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -351,7 +351,8 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_state_sharding_kept_on_8_device_mesh():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=8")
   root = pathlib.Path(__file__).resolve().parents[1]
   out = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, cwd=root,
                        capture_output=True, text=True, timeout=120)

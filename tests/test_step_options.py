@@ -37,7 +37,11 @@ def test_accumulation_and_chunked_loss_match_the_plain_step(arch, opt):
   for key, value in (("optimizer__accumulation_steps", 4), ("loss__chunk_size", 8)):
     losses, params, trainer = _first_steps(_config(arch, opt, **{key: value}))
     np.testing.assert_allclose(losses, base_losses, rtol=2e-6, err_msg=key)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    # Sophia divides by its Hessian estimate, which magnifies float32 rounding (up to 2.3e-6
+    # after 3 steps under the suite's fast compile); a wrong accumulation is off by up to a
+    # step, ~1e-3.
+    atol = 5e-6 if opt == "sophia" else 1e-6
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol),
                  params, base_params)
     assert trainer.train_step._cache_size() == 1
     if opt == "sophia":  # rho * B * h still counts the Hessian batch's tokens
