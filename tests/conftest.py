@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The suite compiles hundreds of small programs and runs each for a few steps: with LLVM's
 # optimizations and XLA:CPU's fusion emitters off they compile 5-7x faster, to the same float32
 # math up to rounding. A test whose claim is bit-exactness between two different programs
-# compiles them with XLA's defaults (test_optimizer_battery's `default_compile`).
+# compiles them with XLA's defaults (test_optimizer_battery's `XLA_DEFAULT_CPU`).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # pytest-xdist workers inherit it
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()

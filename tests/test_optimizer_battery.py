@@ -311,18 +311,9 @@ def test_complex_params_work_or_raise_clearly(name):
   test_utils.assert_trees_all_close(params, final, rtol=3e-2, atol=3e-2)
 
 
-def default_compile(fn):
-  """`jax.jit(fn)`, compiled with XLA's default CPU options instead of the suite's fast ones
-  (conftest.FAST_COMPILE): bit-exactness between two programs is a property of that compile."""
-  compiled = {}
-
-  def call(*args):
-    key = (jax.tree.structure(args), *((x.shape, x.dtype) for x in jax.tree.leaves(args)))
-    if key not in compiled:
-      compiled[key] = jax.jit(fn).lower(*args).compile(compiler_options={
-          "xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True})
-    return compiled[key](*args)
-  return call
+# XLA's default CPU compile, in place of the suite's fast one (conftest.FAST_COMPILE):
+# bit-exactness between two different programs is a property of that compile.
+XLA_DEFAULT_CPU = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -351,7 +342,7 @@ def test_apply_updates_on_own_parameter_representation(name):
   held = {"quantized": qz.quantize_tree(dense, quantizer)}
   held["float"] = qz.dequantize_tree(held["quantized"])
   states = {k: opt.init(p) for k, p in held.items()}
-  update = default_compile(opt.update)
+  update = jax.jit(opt.update, compiler_options=XLA_DEFAULT_CPU)
   storage = [(x.shape, x.dtype) for x in jax.tree.leaves(held["quantized"])]
   for t in range(3):
     for k in held:
