@@ -171,13 +171,17 @@ def run(ctx: Context) -> None:
                             for d in DOMAINS)])
   forget_v, adapt_v = (stats.verdict(diffs["forgetting"], MARGIN),
                        stats.verdict(diffs["adaptation"], MARGIN))
+  eval_se = np.mean([se for r in stream_records.values()
+                     for se in r["summary"]["tasks"][-1]["losses_se"].values()])
+  probe = stream_config(setup, "infinite", setup.lrs[0], 0)
   plot = _plot(ctx, setup, stream_records, same_records)
   infinite = tuned["infinite"]
   ctx.write_page({
       "steps": setup.steps,
       "params": f"{infinite.records[infinite.best][0]['summary']['num_params']:,}",
       "lrs": ", ".join(f"{v:g}" for v in setup.lrs),
-      "margin": MARGIN, "domains": " -> ".join(DOMAINS),
+      "margin": MARGIN, "domains": " -> ".join(DOMAINS), "eval_se": f"{eval_se:.4f}",
+      "eval_windows": probe.eval.num_batches * probe.batch_size,
       "grid_table": markdown_table(["arm", "peak learning rate: mean validation loss of task 0 "
                                     "(choice in bold)"], [[a, tuned[a].row()] for a in ARMS]),
       "inside": "every choice lies strictly inside its grid" if all(

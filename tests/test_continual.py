@@ -67,6 +67,8 @@ def test_loss_matrix_file(stream):
   assert record["trained"] == [0, 1]
   for row in record["tasks"]:  # 10 updates of a byte model: below uniform (ln 256), finite
     assert all(0 < v < np.log(256) for v in row["losses"].values())
+    assert sorted(row["losses_se"]) == sorted(row["losses"])  # over windows: small, positive
+    assert all(0 < se < 0.1 * row["losses"][n] for n, se in row["losses_se"].items())
   md = (workdir / "loss_matrix.md").read_text()
   assert "| 1 (pydoc-english) |" in md
   assert f"{record['tasks'][1]['losses']['stdlib-code']:.4f}" in md

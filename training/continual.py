@@ -155,9 +155,12 @@ class DomainEvaluator:
       checkpoints.close()
     self._checkpoints.clear()
 
+  def metrics(self, params: Any, names: list[str]) -> dict[str, dict[str, float]]:
+    """`eval_loss` and `eval_loss_se` (over the validation windows) on each domain."""
+    return {name: self.trainer.evaluate(params, self._dataset(name)) for name in names}
+
   def losses(self, params: Any, names: list[str]) -> dict[str, float]:
-    return {name: self.trainer.evaluate(params, self._dataset(name))["eval_loss"]
-            for name in names}
+    return {name: m["eval_loss"] for name, m in self.metrics(params, names).items()}
 
 
 def _finished(task: Task) -> bool:
@@ -218,13 +221,15 @@ def _run_stream(config: Any, workdir: pathlib.Path, tasks: list[Task], runs: lis
               f"{', '.join(seen)}", file=sys.stderr, flush=True)
       evaluator = evaluator or DomainEvaluator(tasks[0].config)
       params = evaluator.params_at(task.run_dir, task.end_step)
+      metrics = evaluator.metrics(params, seen)
       rows[task.index] = {
           "task": task.index, "domain": task.domain, "run_dir": task.run_dir.name,
           "start_step": task.start_step, "end_step": task.end_step,
           "pre_anneal_step": task.pre_anneal_step,
           "started_from": task.source[0].name if task.source else None,
           "started_from_step": task.source[1] if task.source else None,
-          "losses": evaluator.losses(params, seen)}
+          "losses": {n: m["eval_loss"] for n, m in metrics.items()},
+          "losses_se": {n: m["eval_loss_se"] for n, m in metrics.items()}}
     if evaluator is not None:
       evaluator.close()  # the next task's training may not see a stale manager
     record["tasks"].append(rows[task.index])
