@@ -56,6 +56,14 @@ class RunSpec:
   kind: str = "train"
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # arm, lr, seed, ... for tables
 
+  @property
+  def steps(self) -> int:
+    """The updates it trains: a stream's tasks together, else the run's `total_steps`."""
+    if self.kind == "stream":
+      stream = self.config.stream
+      return stream.steps_per_task * len([n for n in stream.domains.split(",") if n.strip()])
+    return self.config.total_steps
+
 
 def covers(stored: Any, current: Any) -> bool:
   """Whether the config `stored` with a record equals `current` but for keys added to the
@@ -223,7 +231,7 @@ class Context:
       if spec.name not in have:
         todo.append(spec)
     if self.plan_only and todo:
-      steps = sum(s.config.total_steps for s in todo)
+      steps = sum(s.steps for s in todo)
       print(f"[{self.name}] {len(specs) - len(todo)} of {len(specs)} runs of this phase have "
             f"records; to train ({len(todo)} runs, {steps} steps): "
             f"{', '.join(s.name for s in todo)}; later phases are planned from these runs' "

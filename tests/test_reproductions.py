@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 
+import ml_collections
 import pytest
 
 import reproductions
@@ -61,3 +62,12 @@ def test_a_record_made_in_another_checkout_matches_its_branch_run():
   assert reproductions.config_sha(here) == reproductions.config_sha(there)
   assert reproductions.config_sha(here) != reproductions.config_sha(other_run)
   assert reproductions.config_sha(config) != reproductions.config_sha(here)
+
+
+def test_a_stream_spec_counts_the_updates_of_all_its_tasks():
+  from reproductions import infinite_lr
+  setup = infinite_lr.Setup(steps=40, seeds=(0,), tune_seeds=(0,), lrs=(4e-3,),
+                            size="study-quick", anneal=0.25, points=4)
+  config = infinite_lr.stream_config(setup, "infinite", 4e-3, 0)
+  assert reproductions.RunSpec("stream", config, kind="stream").steps == 3 * 40
+  assert reproductions.RunSpec("run", ml_collections.ConfigDict({"total_steps": 7})).steps == 7
