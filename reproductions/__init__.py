@@ -60,8 +60,8 @@ class RunSpec:
   def steps(self) -> int:
     """The updates it trains: a stream's tasks together, else the run's `total_steps`."""
     if self.kind == "stream":
-      stream = self.config.stream
-      return stream.steps_per_task * len([n for n in stream.domains.split(",") if n.strip()])
+      from trainlab.training import continual
+      return sum(t.end_step - t.start_step for t in continual.plan(self.config, "/unused"))
     return self.config.total_steps
 
 
