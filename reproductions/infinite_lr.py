@@ -121,6 +121,16 @@ def spike(record: dict[str, Any], setup: Setup) -> float:
   return float(max(early) - start)
 
 
+def rise_over_deployed(record: dict[str, Any], setup: Setup) -> float:
+  """Same-data stream: the highest loss in the first quarter of task 1, its starting point
+  included, minus task 0's deployable model's loss. For infinite this counts the anneal's gain,
+  which the next task gives back by resuming from the pre-anneal weights."""
+  points = [p for p in record["trajectory"] if p["task"] == 1]
+  early = [p["losses"][DOMAINS[0]] for p in points
+           if p["stream_step"] <= setup.steps + setup.steps // 4]
+  return float(max(early) - record["summary"]["tasks"][0]["losses"][DOMAINS[0]])
+
+
 def run(ctx: Context) -> None:
   setup = Setup.of(ctx)
 
@@ -162,6 +172,7 @@ def run(ctx: Context) -> None:
   diff_rows = [[m, str(d), stats.verdict(d, MARGIN)] for m, d in diffs.items()]
   cosine_spike = stats.paired(measures["same-data spike"]["repeated cosine"],
                               [0.0] * len(setup.seeds))
+  rise = per_arm(lambda r: rise_over_deployed(r, setup), same_records)
   matrix_rows = []
   for arm in ARMS:
     rows = [_matrix(stream_records[arm, s]) for s in setup.seeds]
@@ -191,6 +202,8 @@ def run(ctx: Context) -> None:
                                     "verdict"], diff_rows),
       "matrix_table": markdown_table(["arm", "model", *DOMAINS], matrix_rows),
       "cosine_spike": str(cosine_spike),
+      "rise": "; ".join(f"{arm} {mean_std(rise[arm])}" for arm in ARMS),
+      "rise_diff": str(stats.paired(rise["infinite"], rise["repeated cosine"])),
       "verdict_forgetting": f"{forget_v} (adaptation: {adapt_v})",
       "verdict_forgetting_claim": "supported" if forget_v == "beats" and adapt_v in (
           "matches", "beats") else "not supported",

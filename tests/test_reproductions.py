@@ -40,7 +40,7 @@ def test_plan_lists_the_first_runs_without_training_or_writing(run_module, tmp_p
 
 
 # Complete pages (knapsack_rl left out: its offline study costs 25 s).
-COMPLETE = ("wsd", "uba", "eco", "sophia")
+COMPLETE = ("wsd", "infinite_lr", "uba", "sophia", "eco")
 
 
 @pytest.mark.parametrize("name", COMPLETE)
