@@ -79,6 +79,23 @@ def test_loss_matrix_file(stream):
                                                                          STEPS - 2)
 
 
+def test_example_losses_are_the_loss_matrix_cells_before_averaging(stream):
+  workdir, _ = stream
+  rows = json.loads((workdir / "loss_matrix.json").read_text())["tasks"]
+  examples = continual.example_losses(_config(), workdir)
+  assert sorted(examples) == ["0/stdlib-code", "1/pydoc-english", "1/stdlib-code"]
+  for row in rows:
+    for name, loss in row["losses"].items():
+      windows = examples[f"{row['task']}/{name}"]
+      assert windows.shape == (2 * _config().batch_size,)
+      np.testing.assert_allclose(windows.mean(), loss, rtol=1e-5)
+      np.testing.assert_allclose(windows.std(ddof=1) / np.sqrt(len(windows)),
+                                 row["losses_se"][name], rtol=1e-4)
+  assert (workdir / "loss_matrix_examples.npz").exists()  # cached: a second call reads it
+  again = continual.example_losses(_config(), workdir)
+  assert all(np.array_equal(again[k], v) for k, v in examples.items())
+
+
 def test_task_two_resumes_from_pre_anneal_state(stream):
   """Two updates of task 1's own trainer from task 0's pre-anneal state reproduce task 1's
   checkpoint two steps in; the pre-anneal state differs from task 0's deployable one."""

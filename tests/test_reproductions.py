@@ -6,6 +6,7 @@ import importlib
 import re
 
 import ml_collections
+import numpy as np
 import pytest
 
 import reproductions
@@ -71,3 +72,34 @@ def test_a_stream_spec_counts_the_updates_of_all_its_tasks():
   config = infinite_lr.stream_config(setup, "infinite", 4e-3, 0)
   assert reproductions.RunSpec("stream", config, kind="stream").steps == 3 * 40
   assert reproductions.RunSpec("run", ml_collections.ConfigDict({"total_steps": 7})).steps == 7
+
+
+def _stream_record(rng, windows: int, noise: float) -> dict:
+  """A 3-task loss matrix with per-window losses: a fixed level per cell plus window noise."""
+  domains = ("a", "b", "c")
+  examples = {f"{t}/{d}": 1.0 + 0.1 * t + 0.3 * i + noise * rng.standard_normal(windows)
+              for t in range(3) for i, d in enumerate(domains[:t + 1])}
+  tasks = [{"task": t, "domain": d, "losses": {e: float(np.mean(examples[f"{t}/{e}"]))
+                                               for e in domains[:t + 1]}}
+           for t, d in enumerate(domains)]
+  return {"summary": {"tasks": tasks}, "examples": examples}
+
+
+def test_the_pair_eval_se_of_stream_measures_matches_its_closed_form():
+  from reproductions import infinite_lr
+  rng = np.random.default_rng(0)
+  windows, noise = 20_000, 0.5
+  a, b = _stream_record(rng, windows, noise), _stream_record(rng, windows, noise)
+  for measure, fn in (("forgetting", infinite_lr.forgetting),
+                      ("adaptation", infinite_lr.adaptation),
+                      ("final average loss", infinite_lr.final_average)):
+    terms = infinite_lr._window_terms(a, measure)
+    assert np.mean([t.mean() for t in terms]) == pytest.approx(fn(a), abs=1e-9)
+  # Independent window noise of std s: forgetting's two terms each difference 4 vectors, so the
+  # pair's SE is sqrt(2 * 4 s^2 / n) / 2; adaptation's 3 terms 2 vectors: sqrt(3 * 2 s^2 / n) / 3.
+  assert infinite_lr.pair_eval_se(a, b, "forgetting") == pytest.approx(
+      np.sqrt(2 * 4 * noise**2 / windows) / 2, rel=0.03)
+  assert infinite_lr.pair_eval_se(a, b, "adaptation") == pytest.approx(
+      np.sqrt(3 * 2 * noise**2 / windows) / 3, rel=0.03)
+  shifted = {**a, "examples": {k: v + 0.2 for k, v in a["examples"].items()}}
+  assert infinite_lr.pair_eval_se(a, shifted, "final average loss") == pytest.approx(0, abs=1e-9)

@@ -15,7 +15,8 @@ task takes `stream.steps_per_task` updates, so all schedules spend the same comp
 
 After each task its deployable (final) model is evaluated on the validation split of every
 domain seen so far; the rows form the loss matrix (task x domain), written to
-`WORKDIR/loss_matrix.json` and `WORKDIR/loss_matrix.md`. A rerun skips finished tasks and the
+`WORKDIR/loss_matrix.json` and `WORKDIR/loss_matrix.md`; `example_losses` gives its cells'
+per-window losses, for paired comparisons of two streams. A rerun skips finished tasks and the
 loop auto-resumes an interrupted one from its own checkpoints.
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from trainlab.data import Dataset, make_dataset
 from trainlab.errors import UsageError
@@ -135,7 +137,7 @@ class DomainEvaluator:
     self._datasets: dict[str, Dataset] = {}
     self._checkpoints: dict[pathlib.Path, checkpoint_lib.Checkpoints] = {}
 
-  def _dataset(self, domain: str) -> Dataset:
+  def dataset(self, domain: str) -> Dataset:
     if domain not in self._datasets:
       c = self.config
       self._datasets[domain] = make_dataset(
@@ -157,7 +159,7 @@ class DomainEvaluator:
 
   def metrics(self, params: Any, names: list[str]) -> dict[str, dict[str, float]]:
     """`eval_loss` and `eval_loss_se` (over the validation windows) on each domain."""
-    return {name: self.trainer.evaluate(params, self._dataset(name)) for name in names}
+    return {name: self.trainer.evaluate(params, self.dataset(name)) for name in names}
 
   def losses(self, params: Any, names: list[str]) -> dict[str, float]:
     return {name: m["eval_loss"] for name, m in self.metrics(params, names).items()}
@@ -238,6 +240,30 @@ def _run_stream(config: Any, workdir: pathlib.Path, tasks: list[Task], runs: lis
     if jax.process_index() == 0:
       (workdir / "loss_matrix.md").write_text(matrix_markdown(record))
   return record
+
+
+def example_losses(config: Any, workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """The loss of every validation window, `"TASK/DOMAIN"` -> (windows,), of each task's
+  deployable model on every domain seen so far: the loss matrix's cells before averaging, for
+  comparisons of two streams on the same windows. Cached in `WORKDIR/loss_matrix_examples.npz`.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  cache = workdir / "loss_matrix_examples.npz"
+  if cache.exists():
+    with np.load(cache) as saved:
+      return {k: saved[k] for k in saved.files}
+  tasks = plan(config, workdir)
+  names = [t.domain for t in tasks]
+  evaluator = DomainEvaluator(tasks[0].config)
+  found = {}
+  for task in tasks:
+    params = evaluator.params_at(task.run_dir, task.end_step)
+    for name in dict.fromkeys(names[:task.index + 1]):
+      found[f"{task.index}/{name}"] = evaluator.trainer.example_losses(
+          params, dataset=evaluator.dataset(name))
+  evaluator.close()
+  np.savez(cache, **found)
+  return found
 
 
 def trajectory(config: Any, workdir: str | pathlib.Path) -> list[dict[str, Any]]:
