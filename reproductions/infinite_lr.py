@@ -125,7 +125,9 @@ def _window_terms(record: dict[str, Any], measure: str) -> list[np.ndarray]:
     return [windows(last, names[i]) - windows(i, names[i]) for i in range(last)]
   if measure == "adaptation":
     return [windows(i, names[i]) for i in range(len(names))]
-  return [windows(last, d) for d in dict.fromkeys(names)]  # final average loss
+  if measure == "final average loss":
+    return [windows(last, d) for d in dict.fromkeys(names)]
+  raise ValueError(f"no per-window terms for measure {measure!r}")
 
 
 def pair_eval_se(a: dict[str, Any], b: dict[str, Any], measure: str) -> float:
@@ -136,25 +138,26 @@ def pair_eval_se(a: dict[str, Any], b: dict[str, Any], measure: str) -> float:
   return float(np.sqrt(np.sum(np.square(terms))) / len(terms))
 
 
+def _second_task_start(record: dict[str, Any], setup: Setup) -> list[float]:
+  """Same-data stream: the loss at the second task's checkpoints in its first quarter, the
+  weights it resumed from first."""
+  return [p["losses"][DOMAINS[0]] for p in record["trajectory"]
+          if p["task"] == 1 and p["stream_step"] <= setup.steps + setup.steps // 4]
+
+
 def spike(record: dict[str, Any], setup: Setup) -> float:
-  """Same-data stream: the highest loss at the checkpoints of the first quarter of task 1 minus
-  its starting loss (the weights it resumed from), on the domain's validation set. Negative when
-  the loss only falls."""
-  points = [p for p in record["trajectory"] if p["task"] == 1]
-  start = points[0]["losses"][DOMAINS[0]]
-  early = [p["losses"][DOMAINS[0]] for p in points[1:]
-           if p["stream_step"] <= setup.steps + setup.steps // 4]
+  """The highest loss in the first quarter of the second task minus its starting loss (the
+  weights it resumed from). Negative when the loss only falls."""
+  start, *early = _second_task_start(record, setup)
   return float(max(early) - start)
 
 
 def rise_over_deployed(record: dict[str, Any], setup: Setup) -> float:
-  """Same-data stream: the highest loss in the first quarter of task 1, its starting point
-  included, minus task 0's deployable model's loss. For infinite this counts the anneal's gain,
+  """The highest loss in the first quarter of the second task, its starting point included,
+  minus the first task's deployable model's loss. For infinite this counts the anneal's gain,
   which the next task gives back by resuming from the pre-anneal weights."""
-  points = [p for p in record["trajectory"] if p["task"] == 1]
-  early = [p["losses"][DOMAINS[0]] for p in points
-           if p["stream_step"] <= setup.steps + setup.steps // 4]
-  return float(max(early) - record["summary"]["tasks"][0]["losses"][DOMAINS[0]])
+  first_model = record["summary"]["tasks"][0]["losses"][DOMAINS[0]]
+  return float(max(_second_task_start(record, setup)) - first_model)
 
 
 def run(ctx: Context) -> None:
